@@ -1,0 +1,65 @@
+"""`voicebot` command line. `python run.py` with no arguments is `voicebot serve`.
+
+Subcommands import their modules lazily so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from voicebot.config import get_settings
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicebot", description="Telephony voice bot server.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="Start the HTTP/WebSocket server (the default).")
+    serve.add_argument("--host", help="Override VOICEBOT_HTTP_HOST.")
+    serve.add_argument("--port", type=int, help="Override VOICEBOT_HTTP_PORT.")
+
+    kb = sub.add_parser("kb", help="Manage the knowledge base.")
+    kb_sub = kb.add_subparsers(dest="kb_command", metavar="ACTION", required=True)
+    ingest = kb_sub.add_parser("ingest", help="Ingest CSV (question,answer), Markdown or text files.")
+    ingest.add_argument("paths", nargs="+", help="Files to ingest; re-ingesting a file replaces its entries.")
+    kb_sub.add_parser("list", help="List the entries.")
+    search = kb_sub.add_parser("search", help="Show the top hits for a text, with scores.")
+    search.add_argument("text")
+    search.add_argument("-k", type=int, default=5, help="How many hits (default 5).")
+
+    calls = sub.add_parser("calls", help="Inspect call records.")
+    calls_sub = calls.add_subparsers(dest="calls_command", metavar="ACTION", required=True)
+    calls_list = calls_sub.add_parser("list", help="List recent calls.")
+    calls_list.add_argument("-n", type=int, default=50, help="How many calls (default 50).")
+    show = calls_sub.add_parser("show", help="Show one call with its turns.")
+    show.add_argument("call_id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    settings = get_settings()
+    command = args.command or "serve"
+    if command == "serve":
+        from voicebot.server import serve
+
+        if getattr(args, "host", None):
+            settings.http_host = args.host
+        if getattr(args, "port", None):
+            settings.http_port = args.port
+        return serve(settings)
+    if command == "kb":
+        from voicebot import kb_cli
+
+        return kb_cli.run(settings, args)
+    if command == "calls":
+        from voicebot import calls_cli
+
+        return calls_cli.run(settings, args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

