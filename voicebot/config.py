@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # --- limits
     ws_max_message_bytes: int = Field(65536, description="Largest accepted WebSocket message.")
     max_calls: int = Field(16, description="Concurrent calls accepted; more are refused.")
+    call_idle_timeout_secs: float = Field(
+        300.0, description="End a call when nothing was heard or said for this long."
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,0 +1,147 @@
+"""The HTTP/WebSocket server: FastAPI app, readiness, and `voicebot serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
+
+from voicebot.config import Settings
+from voicebot.resources import Resources, load_resources, warm_phrase_cache
+
+log = logging.getLogger(__name__)
+
+
+class AppState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.resources: Resources | None = None
+        self.error: str | None = None
+        self.started = time.monotonic()
+        self.calls: set[asyncio.Task] = set()
+
+    async def load(self) -> None:
+        try:
+            self.resources = await asyncio.to_thread(load_resources, self.settings)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("start-up failed; /health will answer 503")
+            return
+        log.info("ready to take calls after %.1f s", time.monotonic() - self.started)
+        try:
+            added = await asyncio.to_thread(warm_phrase_cache, self.resources)
+            if added:
+                log.info("phrase cache: synthesized %d answers", added)
+        except Exception:
+            log.exception("phrase cache warm-up failed; answers will be synthesized live")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = AppState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loader = asyncio.create_task(state.load())
+        yield
+        loader.cancel()
+        with suppress(asyncio.CancelledError):
+            await loader
+        for task in list(state.calls):
+            task.cancel()
+        if state.calls:
+            await asyncio.wait(state.calls, timeout=5)
+
+    app = FastAPI(title="voicebot", lifespan=lifespan)
+    app.state.voicebot = state
+
+    @app.get("/health")
+    async def health() -> Response:
+        res = state.resources
+        if res is None:
+            body = {"status": "failed" if state.error else "starting", "error": state.error}
+            return JSONResponse(body, status_code=503)
+        calls = await asyncio.to_thread(res.live.count)
+        return JSONResponse({"status": "ok", "active_calls": calls, "kb_entries": res.kb.count()})
+
+    @app.post("/twilio/voice")
+    async def twilio_voice(request: Request) -> Response:
+        from telephony.twilio.twiml import connect_stream_twiml
+
+        form = await request.form()
+        url = stream_url(settings, request)
+        params = {k: str(form[k]) for k in ("From", "To", "CallSid") if k in form}
+        return Response(connect_stream_twiml(url, params), media_type="application/xml")
+
+    @app.websocket("/twilio/stream")
+    async def twilio_stream(websocket: WebSocket) -> None:
+        from voicebot.session import refuse, run_twilio_call
+
+        if state.resources is None:
+            await refuse(websocket, 1013, "server is starting, try again")
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        state.calls.add(task)
+        try:
+            await run_twilio_call(websocket, state.resources)
+        finally:
+            state.calls.discard(task)
+
+    return app
+
+
+def stream_url(settings: Settings, request: Request) -> str:
+    if settings.public_url:
+        base = settings.public_url.rstrip("/")
+        base = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        return f"{base}/twilio/stream"
+    host = request.headers.get("host", f"{settings.http_host}:{settings.http_port}")
+    forwarded = request.headers.get("x-forwarded-proto", request.url.scheme)
+    scheme = "wss" if forwarded in ("https", "wss") else "ws"
+    # Twilio only connects to wss://; plain ws is for local gateways and tests.
+    return f"{scheme}://{host}/twilio/stream"
+
+
+def configure_logging(level: str) -> None:
+    from loguru import logger as loguru_logger
+
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Pipecat logs through loguru at DEBUG per frame event; keep it at our level or above INFO.
+    loguru_logger.remove()
+    loguru_logger.add(sys.stderr, level="WARNING" if level.upper() in ("INFO", "WARNING") else level.upper())
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    log.info(
+        "voicebot listening on http://%s:%d (Twilio webhook POST /twilio/voice, media stream "
+        "ws://%s:%d/twilio/stream), data in %s",
+        settings.http_host, settings.http_port, settings.http_host, settings.http_port,
+        settings.data_dir.resolve(),
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        ws_max_size=settings.ws_max_message_bytes * 4,  # our own check, with a clearer reason, comes first
+        lifespan="on",
+    )
+    try:
+        uvicorn.Server(config).run()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.http_host, settings.http_port, exc)
+        return 1
+    return 0

@@ -1,0 +1,246 @@
+"""One call: compose the gateway transport, the pipeline stages and the records.
+
+The session owns no protocol or model logic; it wires what the other packages provide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import wave
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi import WebSocket
+from pipecat.frames.frames import TTSAudioRawFrame
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
+from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.services.tts_service import TTSService
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_start import VADUserTurnStartStrategy
+from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_processor import UserTurnProcessor
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.workers.runner import WorkerRunner
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from asr.stt import LocalWhisperSTTService
+from asr.turn import make_turn_analyzer, make_vad
+from voicebot.dialogue import DialogueProcessor, TurnRecord
+from voicebot.resources import OUTPUT_SAMPLE_RATE, Resources
+
+log = logging.getLogger(__name__)
+
+INPUT_SAMPLE_RATE = 16000  # what Silero, Smart Turn and Whisper want
+HANDSHAKE_TIMEOUT_SECS = 10.0
+LIVE_TTL_SECS = 3600
+
+
+@dataclass
+class CallInfo:
+    call_id: str
+    gateway: str
+    from_number: str = ""
+    to_number: str = ""
+    stream_id: str = ""
+
+
+class FirstTTSAudioObserver(BaseObserver):
+    """Stamps the first synthesized audio of each reply on the dialogue's turn record."""
+
+    def __init__(self, tts: TTSService, dialogue: DialogueProcessor) -> None:
+        super().__init__()
+        self._tts = tts
+        self._dialogue = dialogue
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        if data.source is self._tts and isinstance(data.frame, TTSAudioRawFrame):
+            self._dialogue.note_first_tts_audio()
+
+
+class CallRecorder:
+    """Streams both sides of the call into a stereo WAV (caller left, bot right) as it goes."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._wav = wave.open(str(path), "wb")
+        self._wav.setnchannels(2)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(OUTPUT_SAMPLE_RATE)
+        self.processor = AudioBufferProcessor(
+            sample_rate=OUTPUT_SAMPLE_RATE,
+            num_channels=2,
+            buffer_size=OUTPUT_SAMPLE_RATE * 2 * 2,  # flush about every second of audio
+            auto_start_recording=True,
+        )
+        self.processor.add_event_handler("on_audio_data", self._on_audio)
+
+    async def _on_audio(self, _processor, audio: bytes, sample_rate: int, channels: int) -> None:
+        if self._wav is not None and audio:
+            await asyncio.to_thread(self._wav.writeframes, audio)
+
+    def close(self) -> None:
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
+
+
+def make_tts(res: Resources) -> TTSService:
+    from tts.piper import LocalPiperTTSService
+
+    if res.settings.tts == "edge":
+        from tts.edge import EdgeTTSService
+
+        return EdgeTTSService(res.settings.edge_voice, fallback=res.synth)
+    return LocalPiperTTSService(res.synth, cache=res.cache)
+
+
+async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> None:
+    """Run the per-call pipeline on a gateway transport until the call ends, recording it."""
+    settings = res.settings
+    started_at = datetime.now(UTC)
+    recording = CallRecorder(
+        settings.recordings_dir / started_at.strftime("%Y/%m/%d") / f"{call.call_id}.wav"
+    )
+    await asyncio.to_thread(
+        res.records.start_call,
+        call.call_id,
+        gateway=call.gateway,
+        from_number=call.from_number,
+        to_number=call.to_number,
+        stream_id=call.stream_id,
+        recording_path=str(recording.path),
+    )
+    await asyncio.to_thread(res.live.add, call.call_id, {"gateway": call.gateway, "from": call.from_number},
+                            LIVE_TTL_SECS)
+
+    async def store_turn(turn: TurnRecord) -> None:
+        await asyncio.to_thread(
+            res.records.add_turn,
+            call.call_id,
+            index=turn.index,
+            caller_text=turn.caller_text,
+            bot_text=turn.bot_text,
+            route=turn.route,
+            retrieved=turn.retrieved,
+            dtmf=turn.dtmf,
+            interrupted=turn.interrupted,
+            latency=turn.latency_ms(),
+        )
+
+    stt = LocalWhisperSTTService(res.engine)
+    turns = UserTurnProcessor(
+        user_turn_strategies=UserTurnStrategies(
+            start=[VADUserTurnStartStrategy()],
+            stop=[TurnAnalyzerUserTurnStopStrategy(turn_analyzer=make_turn_analyzer(settings.turn_max_silence_secs))],
+        ),
+    )
+    dialogue = DialogueProcessor(res.answerer, settings.greeting, store_turn, settings.vad_stop_secs)
+    tts = make_tts(res)
+    pipeline = Pipeline(
+        [
+            transport.input(),
+            VADProcessor(vad_analyzer=make_vad(settings.vad_stop_secs)),
+            stt,
+            turns,
+            dialogue,
+            tts,
+            transport.output(),
+            recording.processor,
+        ]
+    )
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=INPUT_SAMPLE_RATE,
+            audio_out_sample_rate=OUTPUT_SAMPLE_RATE,
+        ),
+        enable_rtvi=False,
+        enable_turn_tracking=False,
+        idle_timeout_secs=settings.call_idle_timeout_secs,
+        cancel_runner_on_idle_timeout=False,
+        observers=[FirstTTSAudioObserver(tts, dialogue)],
+        check_dangling_tasks=False,
+    )
+    end_reason = "hangup"
+
+    @transport.event_handler("on_client_disconnected")
+    async def _on_disconnected(_transport, _client) -> None:
+        await worker.cancel(reason="caller disconnected")
+
+    @worker.event_handler("on_idle_timeout")
+    async def _on_idle(_worker) -> None:
+        nonlocal end_reason
+        end_reason = "idle timeout"
+
+    runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+    started = time.monotonic()
+    try:
+        await runner.add_workers(worker)
+        await runner.run()
+    except asyncio.CancelledError:
+        end_reason = "server shutdown"
+        await worker.cancel(reason="server shutdown")
+        raise
+    except Exception:
+        end_reason = "error"
+        log.exception("call %s failed", call.call_id)
+    finally:
+        recording.close()
+        await asyncio.shield(_finalize(res, call, end_reason, recording.path))
+        log.info("call %s ended (%s) after %.1f s", call.call_id, end_reason, time.monotonic() - started)
+
+
+async def _finalize(res: Resources, call: CallInfo, reason: str, recording: Path) -> None:
+    try:
+        await asyncio.to_thread(res.records.end_call, call.call_id, reason, str(recording))
+    finally:
+        await asyncio.to_thread(res.live.remove, call.call_id)
+
+
+async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    if websocket.application_state == WebSocketState.CONNECTING:
+        await websocket.accept()
+    await websocket.close(code=code, reason=reason[:120])
+
+
+async def run_twilio_call(websocket: WebSocket, res: Resources) -> None:
+    from telephony.twilio.messages import ProtocolError
+    from telephony.twilio.transport import accept_media_stream
+
+    await websocket.accept()
+    try:
+        stream = await asyncio.wait_for(
+            accept_media_stream(websocket, res.settings.ws_max_message_bytes), HANDSHAKE_TIMEOUT_SECS
+        )
+    except TimeoutError:
+        await refuse(websocket, 1008, "no start event within 10 s")
+        return
+    except ProtocolError as err:
+        log.warning("rejected media stream: %s", err.close_reason)
+        await refuse(websocket, err.close_code, err.close_reason)
+        return
+    except WebSocketDisconnect:
+        return
+    if await asyncio.to_thread(res.live.count) >= res.settings.max_calls:
+        log.warning("refusing call: %d calls already active", res.settings.max_calls)
+        await refuse(websocket, 1013, "at capacity, try again later")
+        return
+    start = stream.start
+    params = start.custom_parameters
+    call = CallInfo(
+        call_id=start.call_sid or f"ws-{uuid.uuid4().hex}",
+        gateway="twilio",
+        from_number=params.get("From", ""),
+        to_number=params.get("To", ""),
+        stream_id=start.stream_sid,
+    )
+    log.info("call %s started (stream %s, from %r)", call.call_id, call.stream_id, call.from_number)
+    await run_call(stream.transport(INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE), call, res)

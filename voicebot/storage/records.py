@@ -1,0 +1,615 @@
+"""Call and turn records in SQL: SQLite file by default, PostgreSQL (or any SQLAlchemy URL) otherwise.
+
+Every method is synchronous and short: the asyncio server calls them through `asyncio.to_thread`.
+Each call opens its own session, so one `Records` is safe to share between threads.
+
+Schema changes go through `MIGRATIONS`: append a `Migration` with the next version number. A migration
+describes its own tables (Core `Table`s or DDL), never the ORM classes below, because those always show
+the *latest* schema and migration 1 must keep creating version 1 of it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+# Long enough to ride out another process's write transaction (they last milliseconds), short enough
+# that a wedged writer surfaces as an error instead of a silent hang.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Execution option that marks a session as read-only, so SQLite may begin it DEFERRED.
+_READ_ONLY = "voicebot_read_only"
+# Arbitrary constant key: PostgreSQL advisory lock that serialises migrations between workers.
+_PG_MIGRATION_LOCK = 0x766F6963
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite has no time zone type)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # A naive time is ambiguous (local? UTC?); refusing it beats storing a wrong hour.
+            raise ValueError(f"naive datetime {value!r}: pass an aware one, e.g. datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL (indexable, compact); plain JSON text elsewhere.
+JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _moment(value: datetime | None) -> datetime:
+    """`value`, or now when None. Checked here so callers get a plain ValueError, not a StatementError."""
+    if value is None:
+        return utcnow()
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: pass an aware one, e.g. datetime.now(UTC)")
+    return value
+
+
+# --------------------------------------------------------------------------- ORM (latest schema)
+
+
+class Base(DeclarativeBase):
+    """Declarative base for every voicebot table; other modules add their models here."""
+
+
+class CallRow(Base):
+    __tablename__ = "calls"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(32))
+    from_number: Mapped[str] = mapped_column(String(64), default="")
+    to_number: Mapped[str] = mapped_column(String(64), default="")
+    stream_id: Mapped[str] = mapped_column(String(128), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_reason: Mapped[str] = mapped_column(String(64), default="")
+    recording_path: Mapped[str | None] = mapped_column(Text)
+    # `metadata` is reserved on declarative classes, hence the attribute name.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+
+
+class TurnRow(Base):
+    __tablename__ = "turns"
+    __table_args__ = (UniqueConstraint("call_id", "index", name="uq_turns_call_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    caller_text: Mapped[str] = mapped_column(Text, default="")
+    bot_text: Mapped[str] = mapped_column(Text, default="")
+    route: Mapped[str] = mapped_column(String(32), default="")
+    retrieved: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    dtmf: Mapped[str] = mapped_column(String(64), default="")
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
+    latency: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def _migration_1_calls_and_turns(conn: Connection) -> None:
+    # A frozen copy of the version-1 tables: later migrations alter them, the ORM moves on.
+    md = MetaData()
+    Table(
+        "calls",
+        md,
+        Column("id", String(64), primary_key=True),
+        Column("gateway", String(32), nullable=False),
+        Column("from_number", String(64), nullable=False),
+        Column("to_number", String(64), nullable=False),
+        Column("stream_id", String(128), nullable=False),
+        Column("started_at", UTCDateTime, nullable=False),
+        Column("ended_at", UTCDateTime, nullable=True),
+        Column("end_reason", String(64), nullable=False),
+        Column("recording_path", Text, nullable=True),
+        Column("metadata", JSONType, nullable=False),
+        Index("ix_calls_started_at", "started_at"),
+    )
+    Table(
+        "turns",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("call_id", String(64), ForeignKey("calls.id", ondelete="CASCADE"), nullable=False),
+        Column("index", Integer, nullable=False),
+        Column("started_at", UTCDateTime, nullable=False),
+        Column("caller_text", Text, nullable=False),
+        Column("bot_text", Text, nullable=False),
+        Column("route", String(32), nullable=False),
+        Column("retrieved", JSONType, nullable=False),
+        Column("dtmf", String(64), nullable=False),
+        Column("interrupted", Boolean, nullable=False),
+        Column("latency", JSONType, nullable=False),
+        UniqueConstraint("call_id", "index", name="uq_turns_call_index"),
+    )
+    md.create_all(conn)
+
+
+# Append only; never edit or reorder an entry that has shipped.
+MIGRATIONS: list[Migration] = [
+    Migration(1, "calls and turns", _migration_1_calls_and_turns),
+]
+
+_version_md = MetaData()
+schema_version = Table(
+    "schema_version",
+    _version_md,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(200), nullable=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer voicebot than this one."""
+
+
+def _check_migration_list(migrations: Sequence[Migration]) -> None:
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise RuntimeError(f"MIGRATIONS must be numbered 1..N in order, got {versions}")
+
+
+def _lock_for_migration(conn: Connection) -> None:
+    # SQLite: the write transaction is already BEGIN IMMEDIATE, which excludes other writers.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+
+
+def current_version(conn: Connection) -> int:
+    schema_version.create(conn, checkfirst=True)
+    return conn.scalar(select(func.max(schema_version.c.version))) or 0
+
+
+def migrate(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the pending migrations in one transaction; return the schema version now in force.
+
+    Give it an engine from `create_records_engine`: on SQLite that engine is what makes DDL
+    transactional (pysqlite alone commits before each CREATE/ALTER), so a failing migration
+    leaves nothing half done.
+
+    Safe to run from several processes at once: they queue on a lock and the later ones find
+    nothing left to do.
+    """
+    _check_migration_list(migrations)
+    latest = len(migrations)
+    with engine.begin() as conn:
+        _lock_for_migration(conn)
+        current = current_version(conn)
+        if current > latest:
+            raise SchemaTooNewError(
+                f"database schema is at version {current}, this voicebot knows up to {latest}: upgrade it"
+            )
+        for migration in migrations[current:]:
+            migration.apply(conn)
+            conn.execute(
+                insert(schema_version).values(
+                    version=migration.version, name=migration.name, applied_at=utcnow()
+                )
+            )
+    return latest
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event (below) choose BEGIN vs BEGIN IMMEDIATE instead of pysqlite.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    # WAL: readers (CLI, web console) never block the call writers, and vice versa.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    # In WAL mode NORMAL loses at most the last commits on power loss, never consistency.
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # A deferred transaction that reads, then writes, fails at once with "database is locked" when
+    # another connection committed in between (the busy timeout does not apply to that case).
+    # Writers therefore take the write lock up front and queue on busy_timeout instead.
+    read_only = conn.get_execution_options().get(_READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _is_memory_sqlite(database: str | None) -> bool:
+    return not database or database == ":memory:" or "mode=memory" in database
+
+
+def create_records_engine(url: str) -> Engine:
+    """An engine tuned for many short transactions from several threads."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if _is_memory_sqlite(parsed.database):
+        # One shared connection, or every pooled connection would see its own empty database.
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        Path(parsed.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+# --------------------------------------------------------------------------- public records
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievedHit:
+    id: str
+    score: float
+    question: str
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    id: int
+    call_id: str
+    index: int
+    started_at: datetime
+    caller_text: str
+    bot_text: str
+    route: str
+    retrieved: list[dict[str, Any]]
+    dtmf: str
+    interrupted: bool
+    latency: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    id: str
+    gateway: str
+    from_number: str
+    to_number: str
+    started_at: datetime
+    ended_at: datetime | None
+    end_reason: str
+    turn_count: int
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.ended_at is None else (self.ended_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class CallDetail:
+    id: str
+    gateway: str
+    from_number: str
+    to_number: str
+    stream_id: str
+    started_at: datetime
+    ended_at: datetime | None
+    end_reason: str
+    recording_path: str | None
+    metadata: dict[str, Any]
+    turns: list[Turn]
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.ended_at is None else (self.ended_at - self.started_at).total_seconds()
+
+
+def _retrieved_json(retrieved: Sequence[RetrievedHit | Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    hits: list[dict[str, Any]] = []
+    for hit in retrieved or ():
+        if isinstance(hit, RetrievedHit):
+            hits.append({"id": hit.id, "score": hit.score, "question": hit.question})
+        else:
+            hits.append(dict(hit))
+    return hits
+
+
+def _turn(row: TurnRow) -> Turn:
+    return Turn(
+        id=row.id,
+        call_id=row.call_id,
+        index=row.index,
+        started_at=row.started_at,
+        caller_text=row.caller_text,
+        bot_text=row.bot_text,
+        route=row.route,
+        retrieved=list(row.retrieved or []),
+        dtmf=row.dtmf,
+        interrupted=row.interrupted,
+        latency=dict(row.latency or {}),
+    )
+
+
+class Records:
+    """Calls and their turns. Construct once per process; migrates the schema on start."""
+
+    def __init__(self, url: str, *, run_migrations: bool = True) -> None:
+        self.url = url
+        self.engine = create_records_engine(url)
+        self._writer = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}))
+        if run_migrations:
+            self.schema_version = migrate(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._writer.begin() as session:
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._reader() as session:
+            yield session
+
+    # ----------------------------------------------------------------- calls
+
+    def start_call(
+        self,
+        call_id: str | None = None,
+        *,
+        gateway: str,
+        from_number: str = "",
+        to_number: str = "",
+        stream_id: str = "",
+        started_at: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        recording_path: str | None = None,
+    ) -> str:
+        """Record a new call and return its id (a new uuid4 hex when `call_id` is None).
+
+        A duplicate id raises `sqlalchemy.exc.IntegrityError`.
+        """
+        call_id = call_id or uuid.uuid4().hex
+        row = CallRow(
+            id=call_id,
+            gateway=gateway,
+            from_number=from_number,
+            to_number=to_number,
+            stream_id=stream_id,
+            started_at=_moment(started_at),
+            ended_at=None,
+            end_reason="",
+            recording_path=recording_path,
+            meta=dict(metadata or {}),
+        )
+        with self._write() as session:
+            session.add(row)
+        return call_id
+
+    def end_call(
+        self,
+        call_id: str,
+        reason: str,
+        recording_path: str | None = None,
+        *,
+        ended_at: datetime | None = None,
+    ) -> bool:
+        """Close a call. Returns False (and keeps the first reason) if it was already ended.
+
+        Both the gateway (hangup) and the session (bot goodbye) may report an end: the first wins.
+        A recording path is stored either way when the call had none.
+        """
+        with self._write() as session:
+            row = session.get(CallRow, call_id, with_for_update=True)
+            if row is None:
+                raise KeyError(call_id)
+            if recording_path and not row.recording_path:
+                row.recording_path = recording_path
+            if row.ended_at is not None:
+                return False
+            row.ended_at = _moment(ended_at)
+            row.end_reason = reason
+            return True
+
+    def mark_unfinished_calls(self, reason: str = "server_restart", *, exclude: Collection[str] = ()) -> int:
+        """Close calls left open by a crash; returns how many. Run it at startup.
+
+        `ended_at` becomes the call's last recorded activity (its last turn start, else its start), so
+        durations don't include the downtime. With several workers on one database, pass the ids that
+        are still live elsewhere (e.g. from `LiveCalls.list()`) as `exclude`.
+        """
+        last_turn = (
+            select(func.max(TurnRow.started_at)).where(TurnRow.call_id == CallRow.id).scalar_subquery()
+        )
+        stmt = (
+            update(CallRow)
+            .where(CallRow.ended_at.is_(None))
+            .values(ended_at=func.coalesce(last_turn, CallRow.started_at), end_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+        if exclude:
+            stmt = stmt.where(CallRow.id.not_in(list(exclude)))
+        with self._write() as session:
+            return session.execute(stmt).rowcount or 0
+
+    # ----------------------------------------------------------------- turns
+
+    def add_turn(
+        self,
+        call_id: str,
+        *,
+        index: int | None = None,
+        started_at: datetime | None = None,
+        caller_text: str = "",
+        bot_text: str = "",
+        route: str = "",
+        retrieved: Sequence[RetrievedHit | Mapping[str, Any]] | None = None,
+        dtmf: str = "",
+        interrupted: bool = False,
+        latency: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append a turn and return its row id. `index` defaults to the call's next turn number.
+
+        Raises KeyError for an unknown call, IntegrityError for an index already taken.
+        """
+        with self._write() as session:
+            # Row lock on PostgreSQL (SQLite's write lock already serialises) so two writers can't
+            # pick the same next index.
+            if session.get(CallRow, call_id, with_for_update=True) is None:
+                raise KeyError(call_id)
+            if index is None:
+                last = session.scalar(select(func.max(TurnRow.index)).where(TurnRow.call_id == call_id))
+                index = 0 if last is None else last + 1
+            row = TurnRow(
+                call_id=call_id,
+                index=index,
+                started_at=_moment(started_at),
+                caller_text=caller_text,
+                bot_text=bot_text,
+                route=route,
+                retrieved=_retrieved_json(retrieved),
+                dtmf=dtmf,
+                interrupted=interrupted,
+                latency=dict(latency or {}),
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def update_turn(
+        self,
+        turn_id: int,
+        *,
+        caller_text: str | None = None,
+        bot_text: str | None = None,
+        route: str | None = None,
+        retrieved: Sequence[RetrievedHit | Mapping[str, Any]] | None = None,
+        dtmf: str | None = None,
+        interrupted: bool | None = None,
+        latency: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Change a turn as later facts arrive. None leaves a field alone.
+
+        `latency` is *merged* into the stored dict, because stages finish at different moments
+        (the first audio frame is sent after the turn row exists). The other fields are replaced.
+        """
+        with self._write() as session:
+            row = session.get(TurnRow, turn_id, with_for_update=True)
+            if row is None:
+                raise KeyError(turn_id)
+            if caller_text is not None:
+                row.caller_text = caller_text
+            if bot_text is not None:
+                row.bot_text = bot_text
+            if route is not None:
+                row.route = route
+            if retrieved is not None:
+                row.retrieved = _retrieved_json(retrieved)
+            if dtmf is not None:
+                row.dtmf = dtmf
+            if interrupted is not None:
+                row.interrupted = interrupted
+            if latency:
+                # A new dict object: the JSON column does not track in-place mutation.
+                row.latency = {**(row.latency or {}), **latency}
+
+    # ----------------------------------------------------------------- reading
+
+    def list_calls(self, limit: int = 50, offset: int = 0) -> list[CallSummary]:
+        """Newest calls first, each with its number of turns."""
+        counts = (
+            select(TurnRow.call_id, func.count(TurnRow.id).label("n")).group_by(TurnRow.call_id).subquery()
+        )
+        stmt = (
+            select(CallRow, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.call_id == CallRow.id)
+            .order_by(CallRow.started_at.desc(), CallRow.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._read() as session:
+            return [
+                CallSummary(
+                    id=row.id,
+                    gateway=row.gateway,
+                    from_number=row.from_number,
+                    to_number=row.to_number,
+                    started_at=row.started_at,
+                    ended_at=row.ended_at,
+                    end_reason=row.end_reason,
+                    turn_count=int(n),
+                )
+                for row, n in session.execute(stmt)
+            ]
+
+    def get_call(self, call_id: str) -> CallDetail | None:
+        """One call with its turns in order, or None."""
+        with self._read() as session:
+            row = session.get(CallRow, call_id)
+            if row is None:
+                return None
+            turns = session.scalars(
+                select(TurnRow).where(TurnRow.call_id == call_id).order_by(TurnRow.index)
+            ).all()
+            return CallDetail(
+                id=row.id,
+                gateway=row.gateway,
+                from_number=row.from_number,
+                to_number=row.to_number,
+                stream_id=row.stream_id,
+                started_at=row.started_at,
+                ended_at=row.ended_at,
+                end_reason=row.end_reason,
+                recording_path=row.recording_path,
+                metadata=dict(row.meta or {}),
+                turns=[_turn(t) for t in turns],
+            )
