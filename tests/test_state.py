@@ -75,8 +75,10 @@ def server_url(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     log = (tmp_path / "redis-server.log").open("w")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--dir", str(tmp_path), "--daemonize", "no"],
+        [
+            *(binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no"),
+            *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import json
 import sys
@@ -164,6 +165,8 @@ class TwilioCall:
         self._sent_payload_frames = 0
         self._playback_end = 0.0
         self._pending_marks: list[tuple[float, str]] = []
+        self._rx: list[RxFrame] = []  # received audio in 20 ms frames, in arrival order
+        self._rx_at: list[float] = []  # their arrival times, for bisection
         self._rx_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -413,7 +416,9 @@ class TwilioCall:
             self.close_code = rcvd
             self.close_reason = self.ws.close_reason
             self.events.append(
-                CallEvent(time.perf_counter(), "closed", {"code": self.close_code, "reason": self.close_reason})
+                CallEvent(
+                    time.perf_counter(), "closed", {"code": self.close_code, "reason": self.close_reason}
+                )
             )
             self.closed.set()
             self._stopping = True
@@ -441,6 +446,11 @@ class TwilioCall:
             play_at = max(now, self._playback_end)
             self._playback_end = play_at + len(payload) / SAMPLE_RATE
             self.chunks.append(RxChunk(now, play_at, payload))
+            for i in range(0, len(payload), FRAME_SAMPLES):
+                piece = payload[i : i + FRAME_SAMPLES]
+                rms = frame_rms(ulaw_decode(piece))
+                self._rx.append(RxFrame(now, play_at + i / SAMPLE_RATE, piece, rms))
+                self._rx_at.append(now)
         elif event == "mark":
             name = str(data.get("mark", {}).get("name", ""))
             self.events.append(CallEvent(now, "mark", {"name": name}))
@@ -478,14 +488,7 @@ class TwilioCall:
 
     def rx_frames(self, since: float = 0.0) -> list[RxFrame]:
         """Received audio cut into 20 ms frames, those arriving at or after `since`."""
-        frames: list[RxFrame] = []
-        for chunk in self.chunks:
-            if chunk.at < since:
-                continue
-            for i in range(0, len(chunk.payload), FRAME_SAMPLES):
-                piece = chunk.payload[i : i + FRAME_SAMPLES]
-                frames.append(RxFrame(chunk.at, chunk.play_at + i / SAMPLE_RATE, piece, frame_rms(ulaw_decode(piece))))
-        return frames
+        return self._rx[bisect.bisect_left(self._rx_at, since) :]
 
     def sound_frames(self, since: float = 0.0, until: float = float("inf")) -> list[RxFrame]:
         return [f for f in self.rx_frames(since) if f.rms > self.sound_rms and f.at < until]
@@ -542,8 +545,9 @@ class TwilioCall:
                     cleared = any(first_at <= t <= now for t in self.clears)
                     return Reply(first_at, kept[-1].at, kept, complete=done, cleared=cleared)
             elif self.closed.is_set():
-                raise ReplyTimeout(f"the server closed the call ({self.close_code} {self.close_reason!r}) "
-                                   "without replying")
+                raise ReplyTimeout(
+                    f"the server closed the call ({self.close_code} {self.close_reason!r}) without replying"
+                )
             elif now >= first_deadline:
                 raise ReplyTimeout(
                     f"no reply within {first_deadline - start:.1f} s (received {len(self.chunks)} media "

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import soxr
 from pipecat.frames.frames import Frame, TTSAudioRawFrame
+from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from tts.cache import AudioCache
@@ -53,7 +54,8 @@ class EdgeTTSService(CachedTTSMixin, TTSService):
         retry_after_secs: float = 300.0,
         **kwargs,
     ) -> None:
-        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
+        settings = TTSSettings(model="edge-tts", voice=voice, language=None)
+        super().__init__(push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs)
         self._voice = voice
         self._fallback = fallback
         self._timeout = connect_timeout

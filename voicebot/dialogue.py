@@ -154,7 +154,9 @@ class DialogueProcessor(FrameProcessor):
                 self._speaking.mark("first_audio_sent")
             await self.push_frame(frame, direction)
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            await self._store_speaking()
+            # A stop that belongs to an earlier, interrupted reply must not close this one.
+            if self._speaking and "first_audio_sent" in self._speaking.marks:
+                await self._store_speaking()
             await self.push_frame(frame, direction)
         elif isinstance(frame, (EndFrame, CancelFrame)):
             await self._finish()

@@ -1,11 +1,13 @@
 """Sentence embeddings for the knowledge base: text in, L2-normalized float32 vectors out.
 
 Importing this module is cheap; torch and sentence-transformers load on the first `load_embedder`
-(importing sentence-transformers alone takes seconds on a small CPU).
+(importing sentence-transformers alone takes ~5 s on this 2-core CPU). The server loads eagerly at
+start so the first caller does not wait; `lazy_embedder` suits commands that may never embed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from functools import lru_cache
@@ -103,3 +105,37 @@ def load_embedder(name: str = "minilm") -> Embedder:
     hf_logging.disable_progress_bar()
     model = SentenceTransformer(str(model_dir), device="cpu")
     return SentenceTransformerEmbedder(model)
+
+
+class LazyEmbedder:
+    """Loads the model on the first `embed`; `dim` comes from the model's config files when they tell."""
+
+    def __init__(self, name: str = "minilm") -> None:
+        self.name = name
+        self._dim = _configured_dim(resolve_model_dir(name))
+
+    @property
+    def dim(self) -> int:
+        return self._dim if self._dim is not None else load_embedder(self.name).dim
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return load_embedder(self.name).embed(texts)
+
+
+def lazy_embedder(name: str = "minilm") -> Embedder:
+    return LazyEmbedder(name)
+
+
+def _configured_dim(model_dir: Path) -> int | None:
+    """The output size of a Transformer + one-mode Pooling (+ Normalize) model, read without torch."""
+    try:
+        modules = json.loads((model_dir / "modules.json").read_text())
+        kinds = [module["type"].rsplit(".", 1)[-1] for module in modules]
+        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            return None
+        pooling_dir = model_dir / modules[1]["path"]
+        pooling = json.loads((pooling_dir / "config.json").read_text())
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    modes = [key for key, on in pooling.items() if key.startswith("pooling_mode_") and on is True]
+    return int(pooling["word_embedding_dimension"]) if len(modes) == 1 else None

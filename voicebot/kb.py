@@ -59,7 +59,7 @@ class KnowledgeBaseError(RuntimeError):
     """The store cannot be opened or does not fit the embedder."""
 
 
-class _FileError(Exception):
+class FileRejected(Exception):
     """A problem with a whole file (missing, unreadable, bad header); its stored entries stay."""
 
     def __init__(self, message: str, line: int | None = None) -> None:
@@ -123,10 +123,10 @@ class IngestReport:
 
 
 def parse_file(path: Path) -> tuple[list[Record], list[RowError]]:
-    """Parse one file into records and per-row errors. Raises `_FileError` for whole-file problems."""
+    """Parse one file into records and per-row errors. Raises `FileRejected` for whole-file problems."""
     source = str(path.resolve())
     if not path.is_file():
-        raise _FileError("no such file" if not path.exists() else "not a regular file")
+        raise FileRejected("no such file" if not path.exists() else "not a regular file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -136,10 +136,10 @@ def parse_file(path: Path) -> tuple[list[Record], list[RowError]]:
         if suffix == ".txt":
             return _checked(source, chunk_text(_read_text(path), markdown=False))
     except UnicodeDecodeError as exc:
-        raise _FileError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise FileRejected(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
-        raise _FileError(f"cannot read: {exc.strerror or exc}") from exc
-    raise _FileError(f"unsupported file type {suffix or '(none)'!r}: use .csv, .md, .markdown or .txt")
+        raise FileRejected(f"cannot read: {exc.strerror or exc}") from exc
+    raise FileRejected(f"unsupported file type {suffix or '(none)'!r}: use .csv, .md, .markdown or .txt")
 
 
 def _read_text(path: Path) -> str:
@@ -194,14 +194,14 @@ def parse_csv(path: Path) -> tuple[list[Record], list[RowError]]:
 def _csv_header(reader: Any) -> list[str]:
     row = next(reader, None)
     if row is None:
-        raise _FileError("empty file: expected a header line with question,answer columns", line=1)
+        raise FileRejected("empty file: expected a header line with question,answer columns", line=1)
     header = [name.strip().lower() for name in row]
     missing = [name for name in ("question", "answer") if name not in header]
     if missing:
-        raise _FileError(f"header has no {' or '.join(missing)} column (found: {','.join(row)})", line=1)
+        raise FileRejected(f"header has no {' or '.join(missing)} column (found: {','.join(row)})", line=1)
     named = [name for name in header if name]
     if len(named) != len(set(named)):
-        raise _FileError("header names a column twice", line=1)
+        raise FileRejected("header names a column twice", line=1)
     return header
 
 
@@ -368,6 +368,8 @@ def _first_sentence(text: str, limit: int = 200) -> str:
 
 def embed_records(embedder: Embedder, records: list[Record], mode: EmbedMode) -> np.ndarray:
     """One unit vector per record, as `mode` says."""
+    if not records:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
     questions = [record.question for record in records]
     if mode == "question":
         return embedder.embed(questions)
@@ -412,9 +414,12 @@ class KnowledgeBase:
             self._check_dim()
             self._client.load_collection(self.collection)
             return
-        self._client.create_collection(
-            self.collection, schema=self._schema(), index_params=self._index_params()
-        )
+        self._client.create_collection(self.collection, schema=self._schema())
+        # Not create_collection(index_params=...): its index wait polls a timestamp RPC milvus-lite
+        # lacks, which costs a 0.5 s sleep and logs a server-side traceback. The collection is empty,
+        # so there is nothing to wait for.
+        self._client.create_index(self.collection, self._index_params(), sync=False)
+        self._client.load_collection(self.collection)
 
     def _schema(self) -> Any:
         from pymilvus import DataType, MilvusClient
@@ -482,7 +487,7 @@ class KnowledgeBase:
             return
         try:
             records, errors = parse_file(path)
-        except _FileError as exc:
+        except FileRejected as exc:
             report.errors.append(RowError(source, exc.line, str(exc)))
             return
         report.errors.extend(errors)

@@ -74,10 +74,12 @@ def load_resources(settings: Settings) -> Resources:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.recordings_dir.mkdir(parents=True, exist_ok=True)
     records = Records(settings.resolved_database_url)
-    closed = records.mark_unfinished_calls("server restarted")
+    redis = open_redis(settings)
+    live = LiveCalls(redis)
+    # Calls still live in Redis belong to other workers sharing these stores; leave them open.
+    closed = records.mark_unfinished_calls("server restarted", exclude=live.ids())
     if closed:
         log.warning("closed %d call(s) left open by an earlier run", closed)
-    redis = open_redis(settings)
     kb = KnowledgeBase(settings.resolved_milvus_uri, settings.kb_collection, load_embedder())
     if settings.kb_demo:
         ensure_demo(kb)
@@ -97,7 +99,7 @@ def load_resources(settings: Settings) -> Resources:
         answerer=Answerer(kb, settings.kb_threshold),
         records=records,
         redis=redis,
-        live=LiveCalls(redis),
+        live=live,
     )
 
 
@@ -113,3 +115,10 @@ def warm_phrase_cache(res: Resources) -> int:
             res.cache.put(text, res.synth.render(text, res.cache.sample_rate))
             added += 1
     return added
+
+
+def close_resources(res: Resources) -> None:
+    from voicebot.storage.state import close_redis
+
+    close_redis(res.redis)
+    res.records.close()

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
 from voicebot.config import Settings
-from voicebot.resources import Resources, load_resources, warm_phrase_cache
+from voicebot.resources import Resources, close_resources, load_resources, warm_phrase_cache
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
             task.cancel()
         if state.calls:
             await asyncio.wait(state.calls, timeout=5)
+        if state.resources is not None:
+            await asyncio.to_thread(close_resources, state.resources)
 
     app = FastAPI(title="voicebot", lifespan=lifespan)
     app.state.voicebot = state

@@ -134,6 +134,7 @@ async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> 
             interrupted=turn.interrupted,
             latency=turn.latency_ms(),
         )
+        await asyncio.to_thread(res.live.touch, call.call_id, LIVE_TTL_SECS)
 
     stt = LocalWhisperSTTService(res.engine)
     turns = UserTurnProcessor(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -178,20 +178,19 @@ class _Fields:
     def _missing(self, key: str) -> ProtocolError:
         return ProtocolError("missing_field", f"'{self._where(key)}' is required")
 
-    def obj(self, key: str, *, required: bool = True) -> _Fields | None:
+    def obj(self, key: str) -> _Fields:
+        found = self.opt_obj(key)
+        if found is None:
+            raise self._missing(key)
+        return found
+
+    def opt_obj(self, key: str) -> _Fields | None:
         if key not in self._data:
-            if required:
-                raise self._missing(key)
             return None
         value = self._data[key]
         if not isinstance(value, dict):
             raise self._wrong_type(key, "an object")
         return _Fields(value, self._where(key))
-
-    def req_obj(self, key: str) -> _Fields:
-        found = self.obj(key)
-        assert found is not None  # required=True raises instead of returning None
-        return found
 
     def string(self, key: str) -> str:
         found = self.opt_string(key)
@@ -277,7 +276,7 @@ def _parse_connected(top: _Fields) -> Connected:
 
 
 def _parse_media_format(start: _Fields) -> MediaFormat:
-    fmt = start.obj("mediaFormat", required=False)
+    fmt = start.opt_obj("mediaFormat")
     if fmt is None:
         return MULAW_8K
     encoding = fmt.opt_string("encoding")
@@ -291,7 +290,7 @@ def _parse_media_format(start: _Fields) -> MediaFormat:
 
 
 def _parse_start(top: _Fields) -> Start:
-    start = top.req_obj("start")
+    start = top.obj("start")
     stream_sid = start.string("streamSid")
     outer_sid = top.opt_string("streamSid")
     if outer_sid is not None and outer_sid != stream_sid:
@@ -309,7 +308,7 @@ def _parse_start(top: _Fields) -> Start:
 
 
 def _parse_media(top: _Fields) -> Media:
-    media = top.req_obj("media")
+    media = top.obj("media")
     return Media(
         stream_sid=top.string("streamSid"),
         payload=_decode_payload(media),
@@ -321,7 +320,7 @@ def _parse_media(top: _Fields) -> Media:
 
 
 def _parse_dtmf(top: _Fields) -> Dtmf:
-    dtmf = top.req_obj("dtmf")
+    dtmf = top.obj("dtmf")
     return Dtmf(
         stream_sid=top.string("streamSid"),
         digit=dtmf.string("digit"),
@@ -331,7 +330,7 @@ def _parse_dtmf(top: _Fields) -> Dtmf:
 
 
 def _parse_mark(top: _Fields) -> Mark:
-    mark = top.req_obj("mark")
+    mark = top.obj("mark")
     return Mark(
         stream_sid=top.string("streamSid"),
         name=mark.string("name"),
@@ -340,7 +339,7 @@ def _parse_mark(top: _Fields) -> Mark:
 
 
 def _parse_stop(top: _Fields) -> Stop:
-    stop = top.obj("stop", required=False)
+    stop = top.opt_obj("stop")
     return Stop(
         stream_sid=top.string("streamSid"),
         account_sid=stop.opt_string("accountSid") if stop else None,
@@ -349,7 +348,7 @@ def _parse_stop(top: _Fields) -> Stop:
     )
 
 
-_PARSERS: Final = {
+_PARSERS: Final[dict[str, Callable[[_Fields], InboundEvent]]] = {
     "connected": _parse_connected,
     "start": _parse_start,
     "media": _parse_media,

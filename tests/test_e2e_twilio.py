@@ -1,0 +1,482 @@
+"""End-to-end: real calls over the Twilio Media Streams WebSocket against the real server.
+
+Every call is driven by a real peer on loopback: the third-party `streamdouble` simulator (its CLI, in
+a subprocess), or our own client (`tests/twilio_client.py`). Caller questions are synthesized by
+espeak-ng and sent as 8 kHz μ-law in real time; the bot's replies are transcribed with
+faster-whisper (tiny.en) and must contain the key words of the right answer. Expected answers are
+read from the demo knowledge base (`voicebot/demo/faq.csv`), so the tests follow the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from audio import SAMPLE_RATE, match_answer, read_wav, speak, transcribe, write_wav
+from conftest import REPO_ROOT, CliRunner, ServerProcess
+from twilio_client import Reply, ReplyTimeout, TwilioCall
+
+from voicebot.storage.records import CallDetail, Records
+
+pytestmark = pytest.mark.e2e
+
+FAQ_CSV = REPO_ROOT / "voicebot" / "demo" / "faq.csv"
+GREETING_TIMEOUT_S = 20.0
+REPLY_TIMEOUT_S = 30.0
+# The latency stages every answered turn must record (ms relative to the caller's speech end).
+LATENCY_STAGES = (
+    "vad_stop",
+    "transcript",
+    "turn_end",
+    "decision",
+    "first_tts_audio",
+    "first_audio_sent",
+    "voice_to_voice",
+)
+
+
+# --------------------------------------------------------------------------- the knowledge base
+
+
+def faq() -> dict[str, str]:
+    with FAQ_CSV.open(newline="", encoding="utf-8") as f:
+        return {row["question"].strip(): row["answer"].strip() for row in csv.DictReader(f)}
+
+
+def answer_to(faq_question: str) -> str:
+    entries = faq()
+    if faq_question not in entries:
+        pytest.fail(f"{faq_question!r} is no longer a question in {FAQ_CSV}; update the test", pytrace=False)
+    return entries[faq_question]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def records(server: ServerProcess) -> Records:
+    return Records(server.database_url, run_migrations=False)
+
+
+async def wait_for_call(
+    server: ServerProcess, call_sid: str, *, ended: bool = False, timeout: float = 15.0
+) -> CallDetail:
+    """The call's record, once it exists (and, with `ended`, once it has ended_at)."""
+    store = records(server)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            detail = await asyncio.to_thread(store.get_call, call_sid)
+            if detail is not None and (not ended or detail.ended_at is not None):
+                return detail
+            if time.monotonic() >= deadline:
+                state = "missing" if detail is None else f"ended_at={detail.ended_at}"
+                raise AssertionError(f"call {call_sid} not recorded{' as ended' if ended else ''} ({state})")
+            await asyncio.sleep(0.2)
+    finally:
+        store.close()
+
+
+async def greeted(call: TwilioCall) -> Reply:
+    """Wait for the bot's greeting to be spoken to the end (as the caller hears it)."""
+    assert call.started_at is not None
+    greeting = await call.wait_for_reply(call.started_at, timeout=GREETING_TIMEOUT_S)
+    await asyncio.sleep(max(0.0, greeting.play_end - time.perf_counter()) + 0.3)
+    return greeting
+
+
+async def ask(call: TwilioCall, question: str) -> tuple[Reply, float]:
+    """Say `question` in real time and return the bot's reply and its voice-to-voice delay."""
+    spoken_at = await call.play(speak(question))
+    reply = await call.wait_for_reply(spoken_at, timeout=REPLY_TIMEOUT_S)
+    await asyncio.sleep(max(0.0, reply.play_end - time.perf_counter()) + 0.3)
+    return reply, reply.first_at - spoken_at
+
+
+def assert_says(transcript: str, answer: str, what: str) -> None:
+    ok, fraction, missing = match_answer(transcript, answer)
+    assert ok, (
+        f"{what}: the reply does not say the expected answer ({fraction:.0%} of its key words heard, "
+        f"missing {missing}).\n  heard:    {transcript!r}\n  expected: {answer!r}"
+    )
+
+
+def answered_turns(detail: CallDetail) -> list[Any]:
+    return [t for t in detail.turns if t.caller_text.strip()]
+
+
+# --------------------------------------------------------------------------- a. streamdouble
+
+
+@pytest.mark.timeout(150)
+def test_streamdouble_call_gets_the_faq_answer(server: ServerProcess, tmp_path: Path) -> None:
+    """The third-party simulator places a call: it waits out the greeting, asks, and records the reply."""
+    question = "How long does delivery take?"
+    answer = answer_to("How long does delivery take?")
+    clip = tmp_path / "question.wav"
+    speak(question, clip)
+    scenario = tmp_path / "delivery.yaml"
+    scenario.write_text(
+        "name: ask how long delivery takes\n"
+        "steps:\n"
+        "  - wait_for: {event: audio, timeout: 20}\n"  # the greeting starts...
+        "  - wait_for: {event: quiet, timeout: 30}\n"  # ...and ends
+        f"  - say: {clip}\n"
+        "  - wait: 4\n"  # silence on the line while the bot answers
+        "  - wait_for: {event: quiet, timeout: 30}\n"
+        "  - expect: no_violations\n"
+    )
+    reply_wav, stereo_wav = tmp_path / "reply.wav", tmp_path / "call.wav"
+    cmd = [
+        sys.executable, "-m", "streamdouble.cli", "scenario", str(scenario), server.ws_url,
+        "--out", str(reply_wav), "--record-stereo", str(stereo_wav), "--json",
+        "--param", "From=+15550100111", "--param", "To=+15550100222",
+        "--response-timeout", "20", "--quiet-period", "1.0", "--max-drain", "30",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.stdout.strip(), f"streamdouble printed no JSON (exit {done.returncode}):\n{done.stderr}"
+    report = json.loads(done.stdout)
+    context = f"streamdouble exit {done.returncode}\n{json.dumps(report, indent=1)}\nstderr:\n{done.stderr}"
+    assert report["violations"] == [], context
+    assert not report["timed_out"] and not report["closed_early"], context
+    assert all(e["passed"] for e in report["expectations"]), context
+    assert done.returncode == 0, context
+    assert reply_wav.exists(), context
+
+    transcript = transcribe(reply_wav)  # greeting, then the answer
+    assert re.search(r"help", transcript, re.I), f"no greeting in {transcript!r}"
+    assert_says(transcript, answer, "streamdouble call")
+
+
+# --------------------------------------------------------------------------- b. two questions
+
+
+@pytest.mark.timeout(180)
+async def test_two_questions_in_one_call_are_answered_and_recorded(
+    server: ServerProcess, run_cli: CliRunner
+) -> None:
+    asked = [
+        ("What is your return policy?", answer_to("What is your return policy?")),
+        ("Which payment methods do you accept?", answer_to("Which payment methods do you accept?")),
+    ]
+    replies: list[Reply] = []
+    async with TwilioCall(server.ws_url) as call:
+        greeting = await greeted(call)
+        for question, _answer in asked:
+            reply, _v2v = await ask(call, question)
+            replies.append(reply)
+        await call.stop()
+    assert not call.protocol_errors, call.protocol_errors
+
+    assert re.search(r"thank|calling|help", transcribe(greeting.pcm), re.I)
+    for (question, answer), reply in zip(asked, replies, strict=True):
+        assert reply.complete, f"the reply to {question!r} never ended"
+        assert_says(transcribe(reply.pcm), answer, question)
+
+    detail = await wait_for_call(server, call.call_sid, ended=True)
+    turns = answered_turns(detail)
+    assert len(turns) == 2, (
+        f"expected 2 caller turns, got {[(t.caller_text, t.bot_text) for t in detail.turns]}"
+    )
+    for turn, (question, answer) in zip(turns, asked, strict=True):
+        assert match_answer(turn.caller_text, question)[0], (
+            f"caller text {turn.caller_text!r} vs {question!r}"
+        )
+        assert match_answer(turn.bot_text, answer, min_fraction=0.9)[0], f"bot text {turn.bot_text!r}"
+        assert turn.retrieved, f"turn {turn.index} records no retrieved entries"
+        for hit in turn.retrieved:
+            assert str(hit.get("id", "")) != "" and isinstance(hit.get("score"), int | float), hit
+        missing = [s for s in LATENCY_STAGES if not isinstance(turn.latency.get(s), int | float)]
+        assert not missing, f"turn {turn.index} latency lacks {missing}: {turn.latency}"
+        assert 0 < turn.latency["voice_to_voice"] < 10_000, turn.latency
+        assert not turn.interrupted
+
+    shown = run_cli("calls", "show", call.call_sid).stdout
+    for turn in turns:
+        assert " ".join(turn.caller_text.split()) in shown
+        assert " ".join(turn.bot_text.split()) in shown
+        assert str(turn.retrieved[0]["id"]) in shown
+    for stage in LATENCY_STAGES:
+        assert stage in shown, f"`calls show` prints no {stage}:\n{shown}"
+
+
+# --------------------------------------------------------------------------- c. concurrent calls
+
+
+@pytest.mark.timeout(180)
+async def test_concurrent_calls_get_their_own_answers(server: ServerProcess, run_cli: CliRunner) -> None:
+    asked = {
+        "password": ("How do I reset my password?", answer_to("How do I reset my password?")),
+        "international": ("Do you ship internationally?", answer_to("Do you ship internationally?")),
+    }
+
+    async def one_call(question: str) -> tuple[TwilioCall, Reply]:
+        async with TwilioCall(server.ws_url) as call:
+            await greeted(call)
+            reply, _v2v = await ask(call, question)
+            await call.stop()
+        return call, reply
+
+    results = await asyncio.gather(*(one_call(q) for q, _a in asked.values()))
+    for (name, (_question, answer)), (call, reply) in zip(asked.items(), results, strict=True):
+        transcript = transcribe(reply.pcm)
+        assert_says(transcript, answer, f"{name} call")
+        other = next(a for n, (_q, a) in asked.items() if n != name)
+        assert match_answer(transcript, other)[1] < 0.5, f"{name} call heard the other answer: {transcript!r}"
+        assert not call.protocol_errors, call.protocol_errors
+
+    listed = run_cli("calls", "list").stdout
+    for call, _reply in results:
+        assert call.call_sid in listed, f"{call.call_sid} missing from `calls list`:\n{listed}"
+        detail = await wait_for_call(server, call.call_sid, ended=True)
+        assert len(answered_turns(detail)) == 1, [(t.caller_text, t.bot_text) for t in detail.turns]
+
+
+# --------------------------------------------------------------------------- d. barge-in
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("during", ["greeting", "answer"])
+async def test_barge_in_clears_the_bot(server: ServerProcess, during: str) -> None:
+    """The caller talks over the bot: the server sends `clear` and stops its audio at once, and the
+    interrupted turn is recorded as such. The caller's question is then answered."""
+    long_question = "What are your customer service opening hours?"
+    barge_question = "How much does shipping cost?"
+    barge_answer = answer_to("How much does shipping cost?")
+    async with TwilioCall(server.ws_url) as call:
+        assert call.started_at is not None
+        if during == "greeting":
+            first = await call.wait_for_reply(call.started_at, timeout=GREETING_TIMEOUT_S, silence_gap=0.3)
+            talking_since = first.first_at
+        else:
+            await greeted(call)
+            spoken_at = await call.play(speak(long_question))
+            first = await call.wait_for_reply(spoken_at, timeout=REPLY_TIMEOUT_S, silence_gap=0.3)
+            talking_since = first.first_at
+        # Interrupt 1 s into the bot's speech, with a question long enough to talk over it.
+        await asyncio.sleep(max(0.0, talking_since + 1.0 - time.perf_counter()))
+        barge = speak(barge_question)
+        barge_start = time.perf_counter()
+        barge_end = await call.play(barge)
+        reply = await call.wait_for_reply(barge_end, timeout=REPLY_TIMEOUT_S)
+        await asyncio.sleep(max(0.0, reply.play_end - time.perf_counter()) + 0.3)
+        await call.stop()
+
+    clears = [t for t in call.clears if t >= barge_start]
+    assert clears, f"no `clear` after the caller barged in ({len(call.clears)} clears in all)"
+    clear_at = clears[0]
+    assert clear_at - barge_start < 1.5, f"`clear` came {clear_at - barge_start:.2f} s after the caller began"
+    # The interrupted speech stops: nothing audible arrives from shortly after the clear until the caller
+    # has finished speaking (the answer to the barge-in question comes after that).
+    late = call.sound_frames(since=clear_at + 0.25, until=barge_end)
+    assert not late, (
+        f"{len(late) * 20} ms of bot audio arrived between 250 ms after the clear and the end of the "
+        f"caller's speech (first at +{late[0].at - clear_at:.2f} s)"
+    )
+    assert_says(transcribe(reply.pcm), barge_answer, "answer after barge-in")
+
+    detail = await wait_for_call(server, call.call_sid, ended=True)
+    interrupted = [t for t in detail.turns if t.interrupted]
+    assert interrupted, (
+        f"no turn recorded as interrupted: {[(t.index, t.route, t.bot_text) for t in detail.turns]}"
+    )
+    if during == "greeting":
+        assert interrupted[0].index == detail.turns[0].index, "the greeting turn is not the interrupted one"
+    else:
+        assert match_answer(interrupted[0].bot_text, answer_to(long_question), min_fraction=0.9)[0], (
+            interrupted[0]
+        )
+
+
+# --------------------------------------------------------------------------- e. bad input
+
+
+def _media(stream_sid: str, payload: str) -> str:
+    return json.dumps(
+        {"event": "media", "sequenceNumber": "3", "streamSid": stream_sid,
+         "media": {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": payload}}
+    )  # fmt: skip
+
+
+SILENCE_B64 = base64.b64encode(b"\xff" * 160).decode()
+# name -> (sent after `start`?, message builder(stream_sid), pattern the close reason must match)
+BAD_INPUTS: dict[str, tuple[bool, Any, str]] = {
+    "invalid_json_before_start": (False, lambda sid: '{"event": "connected", ', r"json"),
+    "invalid_json_in_call": (True, lambda sid: '{"event": "media", "streamSid": ', r"json"),
+    "media_before_start": (False, lambda sid: _media(sid, SILENCE_B64), r"start"),
+    "wrong_stream_sid": (True, lambda sid: _media("MZ" + "f" * 32, SILENCE_B64), r"stream_?sid"),
+    "non_base64_payload": (True, lambda sid: _media(sid, "this is not base64!!"), r"base64"),
+    "oversized_message": (True, lambda sid: _media(sid, "A" * (96 * 1024)), r"large|size|bytes|exceed"),
+    "binary_frame_in_call": (True, lambda sid: b"\xff" * 160, r"binary|text"),
+    "binary_frame_before_start": (False, lambda sid: b"\x00\x01\x02", r"binary|text"),
+}
+
+
+async def _bad_call(server: ServerProcess, name: str) -> TwilioCall:
+    after_start, build, _pattern = BAD_INPUTS[name]
+    call = TwilioCall(server.ws_url)
+    if after_start:
+        await call.connect()
+        await asyncio.sleep(0.5)  # a live call, the line streaming
+    else:
+        await call.open()
+        await call.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    await call.send_raw(build(call.stream_sid))
+    try:
+        await call.wait_closed(timeout=10)
+    finally:
+        await call.close()
+    return call
+
+
+def _assert_refused(call: TwilioCall, name: str) -> None:
+    pattern = BAD_INPUTS[name][2]
+    assert call.close_code == 1008, f"{name}: closed with {call.close_code} {call.close_reason!r}, not 1008"
+    assert call.close_reason and re.search(pattern, call.close_reason, re.I), (
+        f"{name}: close reason {call.close_reason!r} does not explain the error (/{pattern}/)"
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+async def test_bad_input_is_refused_with_1008(server: ServerProcess, name: str) -> None:
+    call = await _bad_call(server, name)
+    _assert_refused(call, name)
+    if BAD_INPUTS[name][0]:  # a call had started: it must be closed in the records too
+        detail = await wait_for_call(server, call.call_sid, ended=True)
+        assert detail.end_reason, detail
+
+
+@pytest.mark.timeout(120)
+async def test_unknown_event_is_ignored_and_the_call_goes_on(server: ServerProcess) -> None:
+    question = "How do I track my order?"
+    async with TwilioCall(server.ws_url) as call:
+        await call.send_json({"event": "hologram", "streamSid": call.stream_sid, "hologram": {"x": 1}})
+        await greeted(call)
+        await call.send_json({"event": "telepathy", "streamSid": call.stream_sid})
+        reply, _v2v = await ask(call, question)
+        assert not call.closed.is_set(), f"closed: {call.close_code} {call.close_reason!r}"
+        await call.stop()
+    assert_says(transcribe(reply.pcm), answer_to(question), "after unknown events")
+    assert "hologram" in server.log_text(), "the unknown event was not logged"
+
+
+@pytest.mark.timeout(150)
+async def test_bad_calls_do_not_disturb_a_good_call(server: ServerProcess) -> None:
+    question = "How do I return an item?"
+    async with TwilioCall(server.ws_url) as good:
+        await greeted(good)
+        question_task = asyncio.create_task(ask(good, question))
+        await asyncio.sleep(0.3)
+        bad_calls = await asyncio.gather(*(_bad_call(server, name) for name in BAD_INPUTS))
+        reply, _v2v = await question_task
+        assert not good.closed.is_set(), f"the good call was closed: {good.close_code} {good.close_reason!r}"
+        await good.stop()
+    for name, bad in zip(BAD_INPUTS, bad_calls, strict=True):
+        _assert_refused(bad, name)
+    assert_says(transcribe(reply.pcm), answer_to(question), "the good call")
+
+
+# --------------------------------------------------------------------------- f. DTMF
+
+
+@pytest.mark.timeout(120)
+async def test_dtmf_digits_are_recorded_on_a_turn(server: ServerProcess, run_cli: CliRunner) -> None:
+    digits = "42#"
+    async with TwilioCall(server.ws_url) as call:
+        await greeted(call)
+        await call.dtmf(digits, gap_s=0.15)
+        await asyncio.sleep(1.5)
+        reply, _v2v = await ask(call, "How do I create an account?")
+        await call.stop()
+    assert_says(transcribe(reply.pcm), answer_to("How do I create an account?"), "after DTMF")
+    detail = await wait_for_call(server, call.call_sid, ended=True)
+    recorded = "".join(t.dtmf for t in detail.turns)
+    assert recorded == digits, (
+        f"turns record DTMF {[(t.index, t.dtmf) for t in detail.turns]}, sent {digits!r}"
+    )
+    shown = run_cli("calls", "show", call.call_sid).stdout
+    assert re.search(rf"dtmf\s+{re.escape(digits)}", shown), shown
+
+
+# --------------------------------------------------------------------------- g. finalization
+
+
+def _channel_rms(samples: np.ndarray) -> list[float]:
+    return [float(np.sqrt(np.mean(samples[:, c].astype(np.float64) ** 2))) for c in range(samples.shape[1])]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ending", ["stop", "dropped_socket"])
+async def test_call_is_finalized_with_a_two_sided_recording(
+    server: ServerProcess, ending: str, tmp_path: Path
+) -> None:
+    question = "Is there a minimum order value?"
+    async with TwilioCall(server.ws_url) as call:
+        await greeted(call)
+        reply, _v2v = await ask(call, question)
+        if ending == "stop":
+            await call.stop()
+        else:
+            await call.drop()
+    assert reply.complete
+
+    detail = await wait_for_call(server, call.call_sid, ended=True)
+    assert detail.ended_at is not None and detail.ended_at >= detail.started_at
+    assert detail.end_reason, detail
+    assert detail.recording_path, "no recording path on the call"
+    wav = Path(detail.recording_path)
+    if not wav.is_absolute():
+        wav = (REPO_ROOT / wav).resolve() if not (server.data_dir / wav).exists() else server.data_dir / wav
+    assert wav.is_file(), f"recording {wav} does not exist"
+    assert wav.resolve().is_relative_to(server.data_dir.resolve()), f"recording {wav} is outside the data dir"
+
+    samples, rate, channels = read_wav(wav)
+    assert len(samples) / rate > 3.0, f"recording is only {len(samples) / rate:.1f} s long"
+    if channels >= 2:
+        rms = _channel_rms(samples)
+        assert all(r > 30 for r in rms[:2]), f"a side of the call is silent in the recording: RMS {rms}"
+        # Each side says its own words: one channel the caller's question, the other the bot.
+        heard = [transcribe(samples[:, c].copy(), rate) for c in range(2)]
+        sides = " | ".join(heard)
+        assert any(match_answer(h, question)[0] for h in heard), f"caller's question not in {sides!r}"
+        assert any(match_answer(h, answer_to(question))[0] for h in heard), f"bot answer not in {sides!r}"
+    else:
+        mono = samples[:, 0].copy()
+        heard = transcribe(mono, rate)
+        assert match_answer(heard, question)[0] and match_answer(heard, answer_to(question))[0], heard
+    write_wav(tmp_path / "recording-copy.wav", samples.reshape(-1), rate, channels)  # for a human to listen
+
+    status, health = server.health()
+    assert status == 200
+    deadline = time.monotonic() + 10
+    while health.get("active_calls", 0) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        _status, health = server.health()
+    assert health.get("active_calls", 0) == 0, f"the call still counts as active: {health}"
+
+
+# --------------------------------------------------------------------------- harness self-check
+
+
+def test_question_clips_are_trimmed_phone_audio() -> None:
+    speech = speak("How long does delivery take?")
+    assert 0.8 < speech.duration_s < 4.0
+    edge = SAMPLE_RATE // 50
+    assert (
+        np.abs(speech.pcm[:edge].astype(int)).max() > 0 and np.abs(speech.pcm[-edge:].astype(int)).max() > 0
+    )
+    assert match_answer(transcribe(speech.pcm), "delivery")[0]
+
+
+def test_reply_timeout_is_a_timeout_error() -> None:
+    assert issubclass(ReplyTimeout, TimeoutError)

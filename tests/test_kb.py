@@ -1,0 +1,299 @@
+"""The knowledge base against a real milvus-lite store and the real MiniLM embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voicebot.embeddings import Embedder, load_embedder
+from voicebot.kb import (
+    DEMO_FAQ,
+    MAX_CHUNK_CHARS,
+    KnowledgeBase,
+    KnowledgeBaseError,
+    chunk_text,
+    ensure_demo,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return load_embedder()
+
+
+@pytest.fixture(scope="module")
+def demo_kb(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Iterator[KnowledgeBase]:
+    """The demo FAQ, loaded once for the tests that only search it."""
+    base = KnowledgeBase(str(tmp_path_factory.mktemp("demo") / "kb.db"), "kb", embedder)
+    report = ensure_demo(base)
+    assert report is not None and not report.errors
+    yield base
+    base.close()
+
+
+@pytest.fixture
+def kb(tmp_path: Path, embedder: Embedder) -> Iterator[KnowledgeBase]:
+    base = KnowledgeBase(str(tmp_path / "kb.db"), "kb", embedder)
+    yield base
+    base.close()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- demo and search
+
+
+def test_embedder_gives_unit_float32_vectors(embedder: Embedder) -> None:
+    vectors = embedder.embed(["where is my parcel", "hello"])
+    assert vectors.shape == (2, embedder.dim) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("caller", "expected"),
+    [
+        ("how many days does delivery take", "How long does delivery take?"),
+        ("i forgot my password", "How do I reset my password?"),
+        ("when do i get my money back", "How long does it take to get my refund?"),
+        ("can i pay with apple pay", "Which payment methods do you accept?"),
+    ],
+)
+def test_demo_answers_reworded_questions(demo_kb: KnowledgeBase, caller: str, expected: str) -> None:
+    hits = demo_kb.search(caller, k=3)
+    assert hits[0].question == expected
+    assert hits[0].score > hits[1].score
+    assert hits[0].source == str(DEMO_FAQ)
+    assert hits[0].metadata["category"]
+
+
+def test_ensure_demo_only_fills_an_empty_knowledge_base(kb: KnowledgeBase) -> None:
+    report = ensure_demo(kb)
+    assert report is not None and report.added == {str(DEMO_FAQ): kb.count()}
+    assert 25 <= kb.count() <= 40
+    assert ensure_demo(kb) is None
+
+
+def test_searches_from_threads_and_asyncio(demo_kb: KnowledgeBase) -> None:
+    kb = demo_kb
+    questions = ["how do i return an item", "do you ship to canada", "how do i delete my account"] * 4
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        tops = list(pool.map(lambda q: kb.search(q, k=1)[0].question, questions))
+    assert len(set(tops)) == 3
+
+    async def ask_all() -> list[str]:
+        hits = await asyncio.gather(*(kb.search_async(q, k=1) for q in questions[:3]))
+        return [h[0].question for h in hits]
+
+    assert asyncio.run(ask_all()) == tops[:3]
+
+
+# ---------------------------------------------------------------- CSV ingest
+
+
+def test_csv_bad_rows_are_reported_by_line_and_good_rows_stored(kb: KnowledgeBase, tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "faq.csv",
+        """
+        question,answer,category
+        Do you sell gift wrap?,Yes. Choose gift wrap at checkout.,orders
+        Is there a store in Boston?,,stores
+        ,An answer without a question.,stores
+        Too,many,columns,here
+        "Can I phone you
+        at night?","No, we answer calls during the day.",contact
+
+        Do you have a loyalty program?,Yes. Every order earns points.,account
+        """,
+    )
+    report = kb.ingest([path])
+    assert [str(e) for e in report.errors] == [
+        "faq.csv:3: missing answer",
+        "faq.csv:4: missing question",
+        "faq.csv:5: expected 3 columns, got 4",
+    ]
+    assert report.added == {str(path): 3}
+    entries = kb.entries()
+    assert [(e.line, e.metadata) for e in entries] == [
+        (2, {"category": "orders"}),
+        (6, {"category": "contact"}),  # a quoted field spans lines 6-7: the row starts at 6
+        (9, {"category": "account"}),
+    ]
+    assert kb.search("do you have a rewards scheme", k=1)[0].line == 9
+
+
+def test_csv_without_question_answer_header_is_a_file_error(kb: KnowledgeBase, tmp_path: Path) -> None:
+    good = write(tmp_path / "good.csv", 'question,answer\nAre you open on Sunday?,"No, we rest on Sunday."\n')
+    headless = write(tmp_path / "headless.csv", "Are you open?,Yes\n")
+    report = kb.ingest([headless, good])
+    assert len(report.errors) == 1
+    assert str(report.errors[0]).startswith("headless.csv:1: header has no question or answer column")
+    assert report.added == {str(good): 1}
+
+
+def test_missing_and_unsupported_files_do_not_stop_the_others(kb: KnowledgeBase, tmp_path: Path) -> None:
+    other = write(tmp_path / "notes.json", "{}")
+    report = kb.ingest([tmp_path / "absent.csv", other, DEMO_FAQ])
+    assert str(report.errors[0]) == "absent.csv: no such file"
+    assert "unsupported file type '.json'" in str(report.errors[1])
+    assert report.added == {str(DEMO_FAQ): kb.count()}
+
+
+def test_reingest_replaces_the_files_entries(kb: KnowledgeBase, tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "faq.csv",
+        """
+        question,answer
+        Do you sell gift wrap?,Yes. Choose gift wrap at checkout.
+        Do you have a loyalty program?,Yes. Every order earns points.
+        """,
+    )
+    ensure_demo(kb)
+    demo_count = kb.count()
+    kb.ingest([path])
+    kb.ingest([path])
+    assert kb.count() == demo_count + 2
+    # Paths name the same file however they are spelled.
+    kb.ingest([tmp_path / "." / "faq.csv"])
+    assert kb.count() == demo_count + 2
+    path.write_text('question,answer\nDo you sell gift wrap?,"No longer, sorry."\n')
+    assert kb.ingest([path]).added == {str(path): 1}
+    assert kb.count() == demo_count + 1
+    assert kb.search("gift wrapping", k=1)[0].answer == "No longer, sorry."
+    # A file that cannot be read any more leaves its stored entries alone.
+    path.unlink()
+    assert kb.ingest([path]).errors and kb.count() == demo_count + 1
+
+
+def test_other_dimension_is_refused(kb: KnowledgeBase) -> None:
+    class Tiny:
+        dim = 8
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            return np.ones((len(texts), 8), dtype=np.float32) / np.sqrt(8)
+
+    with pytest.raises(KnowledgeBaseError, match="384-dimensional"):
+        KnowledgeBase(kb.uri, kb.collection, Tiny())
+
+
+# ---------------------------------------------------------------- Markdown and text
+
+GUIDE = """
+# Northwind guide
+
+Welcome to the guide.
+
+## Delivery
+
+We deliver **Monday to Saturday**, see [the map](https://example.com/map).
+
+- Standard: three to five days
+- Express: next day
+
+```
+# not a heading
+curl https://example.com
+```
+
+## Warranty
+
+{warranty}
+"""
+
+
+def test_markdown_chunks_follow_headings_and_stay_phone_sized() -> None:
+    warranty = " ".join(f"Warranty sentence number {n} explains one more detail." for n in range(20))
+    records = chunk_text(GUIDE.format(warranty=warranty).lstrip("\n"), markdown=True)
+    by_question = {r.question: r for r in records}
+    assert by_question["Northwind guide"].answer == "Welcome to the guide."
+    delivery = by_question["Northwind guide > Delivery"]
+    assert delivery.answer == (
+        "We deliver Monday to Saturday, see the map. Standard: three to five days. Express: next day"
+    )
+    assert delivery.line == 7 and delivery.metadata == {"section": "Northwind guide > Delivery"}
+    assert all("curl" not in r.answer and "not a heading" not in r.question for r in records)
+    warranty_chunks = [r for r in records if r.question.endswith("Warranty")]
+    assert len(warranty_chunks) > 1
+    assert all(len(r.answer) <= MAX_CHUNK_CHARS for r in records)
+    assert " ".join(r.answer for r in warranty_chunks) == warranty
+
+
+def test_text_files_split_into_paragraphs() -> None:
+    records = chunk_text("First topic line one\nline two.\n\n\nSecond topic. More.\n", markdown=False)
+    assert [(r.question, r.answer, r.line) for r in records] == [
+        ("First topic line one line two.", "First topic line one line two.", 1),
+        ("Second topic.", "Second topic. More.", 5),
+    ]
+
+
+def test_markdown_ingest_is_searchable(kb: KnowledgeBase, tmp_path: Path) -> None:
+    path = write(tmp_path / "guide.md", GUIDE.format(warranty="Every product has a two year warranty."))
+    report = kb.ingest([path])
+    assert not report.errors and report.added[str(path)] == 3
+    hit = kb.search("how long is the guarantee on products", k=1)[0]
+    assert hit.question == "Northwind guide > Warranty" and hit.line == 19
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, VOICEBOT_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", VOICEBOT_KB_DEMO="false")
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_cli_ingest_list_search(tmp_path: Path) -> None:
+    bad = write(tmp_path / "extra.csv", "question,answer\nDo you sell gift wrap?,Yes.\nBroken row,\n")
+    data = tmp_path / "data"
+
+    ingest = cli(data, "kb", "ingest", str(DEMO_FAQ), str(bad))
+    assert ingest.returncode == 1, ingest.stderr  # one bad row
+    assert "voicebot/demo/faq.csv: 34 entries" in ingest.stdout
+    assert f"{bad}: 1 entries" in ingest.stdout
+    assert "extra.csv:3: missing answer" in ingest.stderr
+    assert "35 entries in the knowledge base" in ingest.stdout
+
+    listing = cli(data, "kb", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "voicebot/demo/faq.csv:2  How do I track my order?" in listing.stdout
+    assert "extra.csv:2  Do you sell gift wrap?  | Yes." in listing.stdout
+    assert listing.stdout.rstrip().endswith("35 entries")
+
+    search = cli(data, "kb", "search", "i forgot my password", "-k", "2")
+    assert search.returncode == 0, search.stderr
+    lines = search.stdout.splitlines()
+    assert lines[0].startswith("1. 0.") and lines[0].endswith("How do I reset my password?")
+    assert lines[1].strip().startswith("Choose Forgot password")
+    assert lines[2].startswith("2. ") and len(lines) == 4
+
+
+def test_cli_explains_a_knowledge_base_held_by_another_process(tmp_path: Path, embedder: Embedder) -> None:
+    data = tmp_path / "data"
+    holder = KnowledgeBase(str(data / "kb.db"), "kb", embedder)
+    try:
+        result = cli(data, "kb", "list")
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert "another process holds it" in result.stderr
