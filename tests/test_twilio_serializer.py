@@ -325,13 +325,26 @@ async def test_stereo_output_is_downmixed() -> None:
 async def test_interruption_clears_twilio_and_our_buffer() -> None:
     call = Call()
     serializer = await started_serializer(8000, call)
+    twenty_ms = tone(440, 8000, 0.02).astype("<i2").tobytes()
     ten_ms = tone(440, 8000, 0.01).astype("<i2").tobytes()
+    assert await serializer.serialize(OutputAudioRawFrame(twenty_ms, 8000, 1)) is not None
     assert await serializer.serialize(OutputAudioRawFrame(ten_ms, 8000, 1)) is None
     clear = await serializer.serialize(InterruptionFrame())
     assert clear == json.dumps({"event": "clear", "streamSid": call.sid}, separators=(",", ":"))
     assert protocol.parse_outbound(clear, expected_stream_sid=call.sid) == protocol.InboundClear(call.sid)
     # The held 10 ms was dropped: another 10 ms is still not a whole frame.
     assert await serializer.serialize(OutputAudioRawFrame(ten_ms, 8000, 1)) is None
+
+
+async def test_interruption_without_audio_sends_no_clear() -> None:
+    # Pipecat interrupts at every caller turn; only audio already sent needs clearing.
+    call = Call()
+    serializer = await started_serializer(8000, call)
+    assert await serializer.serialize(InterruptionFrame()) is None
+    twenty_ms = tone(440, 8000, 0.02).astype("<i2").tobytes()
+    assert await serializer.serialize(OutputAudioRawFrame(twenty_ms, 8000, 1)) is not None
+    assert await serializer.serialize(InterruptionFrame()) is not None
+    assert await serializer.serialize(InterruptionFrame()) is None
 
 
 async def test_nothing_goes_out_before_start() -> None:

@@ -88,7 +88,8 @@ class LocalPiperTTSService(CachedTTSMixin, TTSService):
         super().__init__(push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs)
         self._synth = synth
         self.cache = cache
-        # The default VHQ stream resampler holds back ~95 ms of audio; QQ does not.
+        # The default VHQ stream resampler holds back ~95 ms of audio; QQ holds none but has no
+        # anti-alias filter, so run it to 16 kHz and let the gateway band-limit for the phone line.
         self._resampler = SOXRStreamAudioResampler(quality="QQ")
 
     def can_generate_metrics(self) -> bool:

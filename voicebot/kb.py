@@ -7,7 +7,8 @@ entries, and errors can name the line to fix.
 
 `uri` is a Milvus server URI or a milvus-lite `.db` path. milvus-lite runs inside this process and holds
 an exclusive lock on the `.db` folder until the process exits (or `close()`): a second process, such as
-`voicebot kb ingest` beside a running server, cannot open the same path at the same time.
+`voicebot kb ingest` beside a running server, cannot open the same path at the same time
+(`KnowledgeBaseLocked`; the CLI then goes through the server's `/api/kb` endpoints instead).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ MAX_ANSWER_BYTES = 4_000
 MAX_SOURCE_BYTES = 1_024
 _MAX_TEXT_BYTES = MAX_QUESTION_BYTES + MAX_ANSWER_BYTES + 8
 
+# File types `ingest` reads, by lower-case suffix.
+SUPPORTED_SUFFIXES = (".csv", ".md", ".markdown", ".txt")
+
 # About 20 seconds of speech: longer sections are split so one hit is one spoken answer.
 MAX_CHUNK_CHARS = 320
 
@@ -57,6 +61,10 @@ _OUTPUT_FIELDS = ["id", "question", "answer", "source", "line", "metadata"]
 
 class KnowledgeBaseError(RuntimeError):
     """The store cannot be opened or does not fit the embedder."""
+
+
+class KnowledgeBaseLocked(KnowledgeBaseError):
+    """A milvus-lite `.db` that another process holds open (one process per `.db`)."""
 
 
 class FileRejected(Exception):
@@ -122,15 +130,24 @@ class IngestReport:
 # ---------------------------------------------------------------- parsing
 
 
-def parse_file(path: Path) -> tuple[list[Record], list[RowError]]:
-    """Parse one file into records and per-row errors. Raises `FileRejected` for whole-file problems."""
-    source = str(path.resolve())
+def unsupported_type(suffix: str) -> str:
+    """The message for a file whose type `ingest` does not read."""
+    *others, last = SUPPORTED_SUFFIXES
+    return f"unsupported file type {suffix or '(none)'!r}: use {', '.join(others)} or {last}"
+
+
+def parse_file(path: Path, source: str | None = None) -> tuple[list[Record], list[RowError]]:
+    """Parse one file into records and per-row errors. Raises `FileRejected` for whole-file problems.
+
+    Errors name `source` (default: the file's absolute path), which is what they are reported under.
+    """
+    source = source or str(path.resolve())
     if not path.is_file():
         raise FileRejected("no such file" if not path.exists() else "not a regular file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return parse_csv(path)
+            return parse_csv(path, source)
         if suffix in (".md", ".markdown"):
             return _checked(source, chunk_text(_read_text(path), markdown=True))
         if suffix == ".txt":
@@ -139,7 +156,7 @@ def parse_file(path: Path) -> tuple[list[Record], list[RowError]]:
         raise FileRejected(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise FileRejected(f"cannot read: {exc.strerror or exc}") from exc
-    raise FileRejected(f"unsupported file type {suffix or '(none)'!r}: use .csv, .md, .markdown or .txt")
+    raise FileRejected(unsupported_type(suffix))
 
 
 def _read_text(path: Path) -> str:
@@ -166,9 +183,9 @@ def _length_problem(question: str, answer: str) -> str | None:
     return None
 
 
-def parse_csv(path: Path) -> tuple[list[Record], list[RowError]]:
+def parse_csv(path: Path, source: str | None = None) -> tuple[list[Record], list[RowError]]:
     """CSV with a header naming `question` and `answer`; other named columns go into metadata."""
-    source = str(path.resolve())
+    source = source or str(path.resolve())
     records: list[Record] = []
     errors: list[RowError] = []
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -475,18 +492,23 @@ class KnowledgeBase:
         Bad rows are reported and skipped. A whole-file problem (missing, unsupported, bad header)
         leaves that file's earlier entries in place; other files go on.
         """
+        return self.ingest_as((path, str(Path(path).resolve())) for path in paths)
+
+    def ingest_as(self, files: Iterable[tuple[str | Path, str]]) -> IngestReport:
+        """`ingest` for (path, source) pairs: each file is read from `path` but its entries are stored,
+        replaced and its errors named under `source`. For a copy of a file, such as an upload, that
+        stands for the original at `source` (by convention an absolute path)."""
         report = IngestReport()
-        for path in paths:
-            self._ingest_file(Path(path), report)
+        for path, source in files:
+            self._ingest_file(Path(path), source, report)
         return report
 
-    def _ingest_file(self, path: Path, report: IngestReport) -> None:
-        source = str(path.resolve())
+    def _ingest_file(self, path: Path, source: str, report: IngestReport) -> None:
         if len(source.encode()) > MAX_SOURCE_BYTES:
             report.errors.append(RowError(source, None, f"path longer than {MAX_SOURCE_BYTES} bytes"))
             return
         try:
-            records, errors = parse_file(path)
+            records, errors = parse_file(path, source)
         except FileRejected as exc:
             report.errors.append(RowError(source, exc.line, str(exc)))
             return
@@ -597,17 +619,17 @@ def _connect(uri: str) -> MilvusClient:
     try:
         return MilvusClient(uri)
     except Exception as exc:
-        raise KnowledgeBaseError(_open_failure(uri, exc)) from exc
+        raise _open_failure(uri, exc) from exc
 
 
-def _open_failure(uri: str, exc: Exception) -> str:
+def _open_failure(uri: str, exc: Exception) -> KnowledgeBaseError:
     if _is_local(uri) and _locked_elsewhere(Path(uri) / "LOCK"):
-        return (
+        return KnowledgeBaseLocked(
             f"cannot open the knowledge base at {uri}: another process holds it (milvus-lite allows one "
             "process per .db; stop the server, or point VOICEBOT_MILVUS_URI at a Milvus server)"
         )
     detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return f"cannot open the knowledge base at {uri}: {detail}"
+    return KnowledgeBaseError(f"cannot open the knowledge base at {uri}: {detail}")
 
 
 def _locked_elsewhere(lock_file: Path) -> bool:

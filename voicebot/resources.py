@@ -20,7 +20,10 @@ from voicebot.dialogue import Answerer
 
 log = logging.getLogger(__name__)
 
-OUTPUT_SAMPLE_RATE = 8000  # telephone rate: cached phrases are stored ready to send
+# Pipeline output rate. Piper's 22.05 kHz goes to 16 kHz through a filterless (zero-delay) QQ
+# resampler; whatever aliases lands above 5 kHz, which the gateway's telephone-band filter removes
+# on the exact 2:1 step down to 8 kHz. Cached phrases are stored at this rate.
+OUTPUT_SAMPLE_RATE = 16000
 
 
 @dataclass

@@ -60,6 +60,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="voicebot", lifespan=lifespan)
     app.state.voicebot = state
+    from voicebot.api import router as api_router
+
+    app.include_router(api_router)
 
     @app.get("/health")
     async def health() -> Response:

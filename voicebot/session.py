@@ -38,6 +38,7 @@ from voicebot.resources import OUTPUT_SAMPLE_RATE, Resources
 log = logging.getLogger(__name__)
 
 INPUT_SAMPLE_RATE = 16000  # what Silero, Smart Turn and Whisper want
+RECORDING_SAMPLE_RATE = 8000  # the telephone band is all a call carries
 HANDSHAKE_TIMEOUT_SECS = 10.0
 LIVE_TTL_SECS = 3600
 
@@ -73,11 +74,11 @@ class CallRecorder:
         self._wav = wave.open(str(path), "wb")
         self._wav.setnchannels(2)
         self._wav.setsampwidth(2)
-        self._wav.setframerate(OUTPUT_SAMPLE_RATE)
+        self._wav.setframerate(RECORDING_SAMPLE_RATE)
         self.processor = AudioBufferProcessor(
-            sample_rate=OUTPUT_SAMPLE_RATE,
+            sample_rate=RECORDING_SAMPLE_RATE,
             num_channels=2,
-            buffer_size=OUTPUT_SAMPLE_RATE * 2 * 2,  # flush about every second of audio
+            buffer_size=RECORDING_SAMPLE_RATE * 2 * 2,  # flush about every second of audio
             auto_start_recording=True,
         )
         self.processor.add_event_handler("on_audio_data", self._on_audio)

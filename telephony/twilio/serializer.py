@@ -204,6 +204,8 @@ class TwilioMediaStreamSerializer(FrameSerializer):
         self._in_resampler: StreamResampler | None = None
         self._out_resampler: StreamResampler | None = None
         self._out_pending = bytearray()
+        # Pipecat interrupts on every caller turn; a `clear` only means something after audio.
+        self._audio_since_clear = False
         self._fatal_error: ProtocolError | None = None
 
     @property
@@ -329,6 +331,7 @@ class TwilioMediaStreamSerializer(FrameSerializer):
             return None
         payload = bytes(self._out_pending[:ready])
         del self._out_pending[:ready]
+        self._audio_since_clear = True
         return media_message(sid, payload)
 
     def _output_resampler(self, rate: int) -> StreamResampler:
@@ -340,6 +343,9 @@ class TwilioMediaStreamSerializer(FrameSerializer):
         self._out_pending.clear()
         if self._out_resampler is not None:
             self._out_resampler.reset()
+        if not self._audio_since_clear:
+            return None
+        self._audio_since_clear = False
         sid = self.stream_sid
         return clear_message(sid) if sid is not None else None
 

@@ -45,7 +45,7 @@ class MediaStream:
     async def _close_on_error(self, err: ProtocolError) -> None:
         if self.websocket.application_state == WebSocketState.CONNECTED:
             try:
-                await self.websocket.close(code=err.close_code, reason=err.close_reason[:120])
+                await self.websocket.close(code=err.close_code, reason=err.close_reason)
             except RuntimeError:
                 pass  # already closing
 
