@@ -557,6 +557,22 @@ class TwilioCall:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._rx_changed.wait(), 0.02)
 
+    async def wait_for_audio(self, after_t: float | None = None, *, timeout: float = 30.0) -> float:
+        """Wait for the first sound frame arriving at or after `after_t`; returns its arrival time."""
+        start = time.perf_counter()
+        after_t = start if after_t is None else after_t
+        while True:
+            sound = next((f for f in self.rx_frames(after_t) if f.rms > self.sound_rms), None)
+            if sound is not None:
+                return sound.at
+            if self.closed.is_set():
+                raise ReplyTimeout(f"the server closed the call ({self.close_code} {self.close_reason!r})")
+            if time.perf_counter() - start >= timeout:
+                raise ReplyTimeout(f"no audio within {timeout:.1f} s")
+            self._rx_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rx_changed.wait(), 0.02)
+
     async def wait_for_quiet(self, quiet_s: float = 0.8, timeout: float = 30.0) -> float:
         """Wait until nothing audible has arrived (or is still playing) for `quiet_s`. Returns the time."""
         deadline = time.perf_counter() + timeout

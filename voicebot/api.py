@@ -1,7 +1,356 @@
-"""HTTP API for operators (JSON). Mounted under /api by the server."""
+"""HTTP API for operators (JSON). Mounted under /api by the server.
+
+Knowledge base:
+
+- `POST /api/kb/ingest`: multipart/form-data with one or more files in the field `files`, each
+  stored like `voicebot kb ingest` stores a file: re-sending a file replaces the entries it stored
+  before. A file's entries are stored under its *source*, which must stay the same from one upload
+  of the file to the next:
+    * an optional `source` field per file (repeat it once per file, in the same order as `files`),
+      an absolute path: the CLI sends the file's resolved path, so an upload through the server
+      replaces exactly the entries a direct `voicebot kb ingest PATH` stored, and the other way round;
+    * else the file name when it is an absolute path (`curl -F "files=@faq.csv;filename=/srv/faq.csv"`);
+    * else `DATA_DIR/uploads/NAME`, so uploading `faq.csv` again replaces the earlier upload.
+  Errors name the file, as the CLI does: `faq.csv:7: missing answer`. A bad row or an unsupported
+  file type is reported in `errors` and the other rows and files are stored all the same. The whole
+  request body may be at most `MAX_UPLOAD_BYTES` (10 MiB; more is refused with 413), with at most
+  `MAX_UPLOAD_FILES` (100) files. Answers `{"added": {source: entries}, "errors": [...], "entries":
+  total}`, errors in file order, and then synthesizes the new answers into the phrase cache in the
+  background.
+- `GET /api/kb`: `{"uri", "collection", "entries"}`, where the knowledge base lives (the CLI checks
+  that a server holds the knowledge base it wants before it goes through it).
+- `GET /api/kb/entries`: `{"entries": [...], "count": n}`, in file and line order.
+- `GET /api/kb/search?q=TEXT&k=5`: `{"query", "threshold", "hits": [...]}`, best first; a hit whose
+  score is below `threshold` is one the bot would not speak.
+
+Errors are JSON, `{"detail": "..."}`: 503 while the server is still starting (or failed to start),
+403 for a client that is not on this machine, 413 for too large a body, 400 for a malformed one.
+
+Access: these endpoints change and reveal the knowledge base and have no authentication yet, so
+they answer loopback clients only (127.0.0.0/8 and ::1, as the server sees the peer address) and
+every other client gets 403. A reverse proxy on the same machine makes every client look local
+unless it sends `X-Forwarded-For` (uvicorn trusts that header from 127.0.0.1 by default), so do not
+expose /api through a proxy that does not.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import email.policy
+import ipaddress
+import logging
+import posixpath
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from email.parser import BytesParser
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any
 
-router = APIRouter(prefix="/api")
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+
+from voicebot.kb import SUPPORTED_SUFFIXES, KnowledgeBase, RowError, unsupported_type
+
+if TYPE_CHECKING:
+    from voicebot.resources import Resources
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # one ingest request, multipart framing included
+MAX_UPLOAD_FILES = 100
+MAX_SEARCH_HITS = 16_384  # a Milvus search's limit
+
+
+def _client_is_local(request: Request) -> None:
+    host = request.client.host if request.client else None
+    if not is_loopback(host):
+        raise HTTPException(
+            403,
+            f"the /api endpoints have no authentication yet and answer clients on this machine only "
+            f"(127.0.0.1 or ::1); {host or 'an unknown address'} is not one",
+        )
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a peer address is loopback: 127.0.0.0/8, ::1, or 127.x mapped into IPv6."""
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+router = APIRouter(prefix="/api", dependencies=[Depends(_client_is_local)])
+
+
+def _resources(request: Request) -> Resources:
+    state = request.app.state.voicebot
+    if state.resources is None:
+        if state.error:
+            raise HTTPException(503, f"the server failed to start ({state.error}); see its log")
+        raise HTTPException(503, "the server is still starting (loading models); try again in a moment")
+    resources: Resources = state.resources
+    return resources
+
+
+Ready = Annotated["Resources", Depends(_resources)]
+
+
+# ---------------------------------------------------------------- reading
+
+
+@router.get("/kb")
+async def kb_info(res: Ready) -> dict[str, Any]:
+    kb: KnowledgeBase = res.kb
+    return {"uri": kb.uri, "collection": kb.collection, "entries": await asyncio.to_thread(kb.count)}
+
+
+@router.get("/kb/entries")
+async def kb_entries(res: Ready) -> dict[str, Any]:
+    entries = await asyncio.to_thread(res.kb.entries)
+    return {"entries": [asdict(entry) for entry in entries], "count": len(entries)}
+
+
+@router.get("/kb/search")
+async def kb_search(
+    res: Ready,
+    q: Annotated[str, Query(description="What a caller might say.")],
+    k: Annotated[int, Query(ge=1, le=MAX_SEARCH_HITS, description="How many hits.")] = 5,
+) -> dict[str, Any]:
+    hits = await res.kb.search_async(q, k)
+    return {
+        "query": q,
+        "threshold": res.settings.kb_threshold,
+        "hits": [asdict(hit) for hit in hits],
+    }
+
+
+# ---------------------------------------------------------------- ingest
+
+_INGEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "source": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "Optional: one absolute path per file, naming the file's entries.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@dataclass(frozen=True)
+class _Upload:
+    source: str  # what the entries are stored under; also what errors are named after
+    data: bytes
+
+
+@router.post("/kb/ingest", openapi_extra=_INGEST_BODY)
+async def kb_ingest(request: Request, res: Ready) -> dict[str, Any]:
+    body = await _read_body(request, MAX_UPLOAD_BYTES)
+    content_type = request.headers.get("content-type", "")
+    uploads = await asyncio.to_thread(_uploads, content_type, body, res.settings.data_dir)
+    added, errors = await asyncio.to_thread(_ingest_uploads, res.kb, uploads)
+    entries = await asyncio.to_thread(res.kb.count)
+    if any(added.values()):
+        _cache_warmer(request).request(res)
+    log.info(
+        "kb ingest from %s: %s, %d problem(s), %d entries now",
+        request.client.host if request.client else "?",
+        ", ".join(f"{source} ({n})" for source, n in added.items()) or "nothing stored",
+        len(errors),
+        entries,
+    )
+    return {"added": added, "errors": errors, "entries": entries}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it (or its declared length) passes `limit`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, None)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int, size: int | None) -> HTTPException:
+    sent = f" ({size / 2**20:.1f} MiB)" if size is not None else ""
+    return HTTPException(
+        413,
+        f"request body too large{sent}: at most {limit / 2**20:.0f} MiB per ingest request; "
+        "send fewer or smaller files at a time",
+    )
+
+
+@dataclass(frozen=True)
+class _Part:
+    name: str
+    filename: str | None  # None for a plain field
+    data: bytes
+
+
+def parse_form(content_type: str, body: bytes) -> list[_Part]:
+    """The parts of a multipart/form-data body, in order. HTTPException 400 when it is not one.
+
+    With the standard library's MIME parser (FastAPI's form parsing needs python-multipart, which the
+    server does not depend on); the body is in memory already, and at most MAX_UPLOAD_BYTES.
+    """
+    if (
+        content_type.split(";", 1)[0].strip().lower() != "multipart/form-data"
+        or "boundary=" not in content_type
+    ):
+        raise HTTPException(400, "send the files as multipart/form-data, in file parts named 'files'")
+    head = f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise HTTPException(400, "malformed multipart/form-data body (no parts with its boundary)")
+    parts: list[_Part] = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            raise HTTPException(400, "malformed multipart/form-data body (a part without a field name)")
+        payload = part.get_payload(decode=True)
+        parts.append(_Part(name, part.get_filename(), payload if isinstance(payload, bytes) else b""))
+    return parts
+
+
+def _uploads(content_type: str, body: bytes, data_dir: Path) -> list[_Upload | str]:
+    """The uploaded files with their sources, in order; an error message in place of a file left out."""
+    parts = parse_form(content_type, body)
+    files = [part for part in parts if part.name == "files"]
+    sources = [part for part in parts if part.name == "source"]
+    if not files or any(part.filename is None for part in files):
+        raise HTTPException(400, "send the files as multipart/form-data file parts named 'files'")
+    if len(files) > MAX_UPLOAD_FILES:
+        raise HTTPException(400, f"{len(files)} files: at most {MAX_UPLOAD_FILES} per request")
+    if sources and len(sources) != len(files):
+        raise HTTPException(
+            400, f"{len(sources)} 'source' fields for {len(files)} files: send one per file, or none"
+        )
+    uploads: list[_Upload | str] = []
+    for number, part in enumerate(files, start=1):
+        filename = part.filename or ""
+        try:
+            given = sources[number - 1].data.decode() if sources else None
+            source = _source(filename, given, data_dir)
+        except ValueError as exc:  # UnicodeDecodeError included
+            uploads.append(f"{_basename(filename) or f'file {number}'}: {exc}")
+            continue
+        suffix = PurePosixPath(source).suffix
+        if suffix.lower() not in SUPPORTED_SUFFIXES:
+            uploads.append(str(RowError(source, None, unsupported_type(suffix))))
+            continue
+        uploads.append(_Upload(source, part.data))
+    return uploads
+
+
+def _source(filename: str, given: str | None, data_dir: Path) -> str:
+    """What a file's entries are stored under (see the module docstring). ValueError says why none."""
+    if given is not None:
+        if not _is_absolute(given):
+            raise ValueError(f"source {given!r} is not an absolute path")
+        return posixpath.normpath(given)
+    if _is_absolute(filename):
+        return posixpath.normpath(filename)
+    name = _basename(filename)
+    if not name or name in (".", "..") or "\x00" in name:
+        raise ValueError("no file name: give the file part a filename, or send a 'source' field")
+    return str(data_dir.resolve() / "uploads" / name)
+
+
+def _basename(filename: str) -> str:
+    return PurePosixPath(filename.replace("\\", "/")).name
+
+
+def _is_absolute(path: str) -> bool:
+    return path.startswith("/") and "\x00" not in path
+
+
+def _ingest_uploads(kb: KnowledgeBase, uploads: list[_Upload | str]) -> tuple[dict[str, int], list[str]]:
+    """Ingest the files in order: (entries stored per source, every error in file order)."""
+    added: dict[str, int] = {}
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="voicebot-upload-") as tmp:
+        for number, upload in enumerate(uploads):
+            if isinstance(upload, str):
+                errors.append(upload)
+                continue
+            # Our own name, with the suffix that decides how the file is read; errors name the source.
+            path = Path(tmp) / f"{number}{PurePosixPath(upload.source).suffix.lower()}"
+            path.write_bytes(upload.data)
+            report = kb.ingest_as([(path, upload.source)])
+            path.unlink()
+            added.update(report.added)
+            errors.extend(str(error) for error in report.errors)
+    return added, errors
+
+
+# ---------------------------------------------------------------- phrase cache
+
+
+class _CacheWarmer:
+    """Synthesizes new answers into the phrase cache after an ingest, one run at a time.
+
+    A request during a run schedules one more run after it, so answers ingested meanwhile are not missed.
+    """
+
+    def __init__(self, warm: Callable[[Resources], Awaitable[int]] | None = None) -> None:
+        self._warm = warm or _warm_in_thread
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self, res: Resources) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.create_task(self._run(res), name="kb-phrase-cache")
+
+    async def _run(self, res: Resources) -> None:
+        while True:
+            self._again = False
+            try:
+                added = await self._warm(res)
+            except Exception:
+                log.exception(
+                    "phrase cache warm-up after ingest failed; new answers will be synthesized live"
+                )
+            else:
+                if added:
+                    log.info("phrase cache: synthesized %d new answers", added)
+            if not self._again:
+                return
+
+
+async def _warm_in_thread(res: Resources) -> int:
+    from voicebot.resources import warm_phrase_cache
+
+    return await asyncio.to_thread(warm_phrase_cache, res)
+
+
+def _cache_warmer(request: Request) -> _CacheWarmer:
+    app_state = request.app.state
+    warmer = getattr(app_state, "kb_cache_warmer", None)
+    if warmer is None:
+        warmer = app_state.kb_cache_warmer = _CacheWarmer()
+    return warmer

@@ -17,6 +17,7 @@ import asyncio
 import csv
 import fcntl
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -611,11 +612,27 @@ def _is_local(uri: str) -> bool:
     return uri.endswith(".db") and "://" not in uri
 
 
+class _QuietLockFailure(logging.Filter):
+    """Drops milvus-lite's traceback for a `.db` another process holds: `_open_failure` says it better."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:
+            if type(error).__name__ == "DataDirLockedError":
+                return False
+            error = error.__cause__
+        return True
+
+
+_QUIET_LOCK_FAILURE = _QuietLockFailure()
+
+
 def _connect(uri: str) -> MilvusClient:
     from pymilvus import MilvusClient
 
     if _is_local(uri):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("milvus_lite.server_manager").addFilter(_QUIET_LOCK_FAILURE)  # idempotent
     try:
         return MilvusClient(uri)
     except Exception as exc:

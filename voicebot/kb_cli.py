@@ -3,19 +3,42 @@
 Exit codes: 0 on success; 1 when the knowledge base cannot be opened, or when `ingest` met any bad
 file or row (the good rows are stored all the same, so a CSV with one typo still loads); 2 for bad
 arguments.
+
+milvus-lite lets one process at a time open the knowledge base. When a running server holds it, the
+commands go through that server's `/api/kb` endpoints instead (VOICEBOT_HTTP_HOST and _PORT say where
+it listens), with the same output and exit codes, and a line on stderr saying so.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from voicebot.config import Settings
-from voicebot.kb import Hit, IngestReport, KnowledgeBase, KnowledgeBaseError, ensure_demo
+from voicebot.kb import (
+    MAX_SOURCE_BYTES,
+    Entry,
+    Hit,
+    KnowledgeBase,
+    KnowledgeBaseError,
+    KnowledgeBaseLocked,
+    RowError,
+    ensure_demo,
+)
 
 _ANSWER_WIDTH = 60
+_Row = TypeVar("_Row", Entry, Hit)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -27,6 +50,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         # Lazy: `kb list` never embeds, and should not pay the model's ~5 s load.
         kb = KnowledgeBase(settings.resolved_milvus_uri, settings.kb_collection, lazy_embedder())
+    except KnowledgeBaseLocked as exc:
+        return _through_server(settings, args, exc)
     except KnowledgeBaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -43,18 +68,19 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _ingest(kb: KnowledgeBase, paths: list[str]) -> int:
     report = kb.ingest(paths)
-    _print_report(report)
-    print(f"{kb.count()} entries in the knowledge base")
-    return 1 if report.errors else 0
+    return _print_ingest(report.added, [str(error) for error in report.errors], kb.count())
 
 
-def _print_report(report: IngestReport) -> None:
-    for source, added in report.added.items():
-        print(f"{_short(source)}: {added} entries")
-    for error in report.errors:
+def _print_ingest(added: dict[str, int], errors: Sequence[str], total: int | None) -> int:
+    for source, count in added.items():
+        print(f"{_short(source)}: {count} entries")
+    for error in errors:
         print(error, file=sys.stderr)
-    if report.errors:
-        print(f"{len(report.errors)} problem(s); the other rows were stored", file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} problem(s); the other rows were stored", file=sys.stderr)
+    if total is not None:
+        print(f"{total} entries in the knowledge base")
+    return 1 if errors else 0
 
 
 def _load_demo_if_wanted(kb: KnowledgeBase, settings: Settings) -> None:
@@ -64,7 +90,10 @@ def _load_demo_if_wanted(kb: KnowledgeBase, settings: Settings) -> None:
 
 
 def _list(kb: KnowledgeBase) -> int:
-    entries = kb.entries()
+    return _print_entries(kb.entries())
+
+
+def _print_entries(entries: list[Entry]) -> int:
     if not entries:
         print("the knowledge base is empty: add files with `voicebot kb ingest PATH...`")
         return 0
@@ -76,7 +105,10 @@ def _list(kb: KnowledgeBase) -> int:
 
 
 def _search(kb: KnowledgeBase, text: str, k: int, threshold: float) -> int:
-    hits = kb.search(text, k=k)
+    return _print_hits(kb.search(text, k=k), threshold)
+
+
+def _print_hits(hits: list[Hit], threshold: float) -> int:
     if not hits:
         print("no entries")
         return 0
@@ -102,3 +134,208 @@ def _short(source: str) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return os.fspath(path)
+
+
+# ---------------------------------------------------------------- through a running server
+
+_PROBE_TIMEOUT_S = 2.0
+_READ_TIMEOUT_S = 60.0
+_INGEST_TIMEOUT_S = 600.0  # embedding a large file on a busy CPU takes a while
+
+
+class ApiError(Exception):
+    """The server answered with an error status, or not at all."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    """The server's /api/kb endpoints, with the standard library (no proxies: the server is local)."""
+
+    base_url: str
+
+    def get(self, path: str, params: dict[str, Any] | None = None, timeout: float = _READ_TIMEOUT_S) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        return self._send(urllib.request.Request(f"{self.base_url}{path}{query}"), timeout)
+
+    def post(self, path: str, body: bytes, content_type: str, timeout: float) -> Any:
+        request = urllib.request.Request(
+            f"{self.base_url}{path}", data=body, method="POST", headers={"Content-Type": content_type}
+        )
+        return self._send(request, timeout)
+
+    def _send(self, request: urllib.request.Request, timeout: float) -> Any:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(request, timeout=timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise ApiError(_error_detail(exc), exc.code) from exc
+        except (OSError, ValueError) as exc:  # URLError, timeouts and resets are OSErrors
+            reason = getattr(exc, "reason", None) or exc
+            raise ApiError(f"no answer from the server at {self.base_url}: {reason}") from exc
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        detail = json.loads(exc.read()).get("detail")
+    except (OSError, ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, list):  # FastAPI's validation errors
+        detail = "; ".join(str(item.get("msg", item)) for item in detail if isinstance(item, dict))
+    return f"the server answered {exc.code}: {detail or exc.reason}"
+
+
+def server_url(settings: Settings) -> str:
+    """Where this machine reaches the server: a wildcard listen address is reached on loopback."""
+    host = settings.http_host.strip() or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "[::]", "*"):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{settings.http_port}"
+
+
+def _through_server(settings: Settings, args: argparse.Namespace, locked: KnowledgeBaseLocked) -> int:
+    """Run the command through the server that holds the knowledge base, or explain why not."""
+    client = ApiClient(server_url(settings))
+    problem = _server_problem(client, settings)
+    if problem is not None:
+        print(f"error: {locked}", file=sys.stderr)
+        print(problem, file=sys.stderr)
+        return 1
+    print(f"the server at {client.base_url} holds the knowledge base: going through its API", file=sys.stderr)
+    try:
+        if args.kb_command == "ingest":
+            return _remote_ingest(client, args.paths)
+        if args.kb_command == "list":
+            body = client.get("/api/kb/entries")
+            return _print_entries([_from_json(Entry, entry) for entry in body["entries"]])
+        body = client.get("/api/kb/search", {"q": args.text, "k": args.k})
+        return _print_hits([_from_json(Hit, hit) for hit in body["hits"]], float(body["threshold"]))
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"error: unexpected answer from the server at {client.base_url}: {exc!r}", file=sys.stderr)
+        return 1
+
+
+def _from_json(cls: type[_Row], data: dict[str, Any]) -> _Row:
+    """An Entry or Hit from its JSON, ignoring fields a newer server may add."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{name: value for name, value in data.items() if name in names})
+
+
+def _server_problem(client: ApiClient, settings: Settings) -> str | None:
+    """None when a ready server at `client` holds this knowledge base; else what is wrong."""
+    try:
+        client.get("/health", timeout=_PROBE_TIMEOUT_S)
+        info = client.get("/api/kb", timeout=_PROBE_TIMEOUT_S * 5)
+    except ApiError as exc:
+        if exc.status is None:
+            return f"no voicebot server answers at {client.base_url} to go through instead"
+        if exc.status == 503:
+            return f"the server at {client.base_url} is not ready ({exc}); try again when it is"
+        return f"the server at {client.base_url} cannot take the command: {exc}"
+    ours = settings.resolved_milvus_uri
+    theirs = info.get("uri") if isinstance(info, dict) else None
+    if not isinstance(theirs, str) or not _same_store(theirs, ours):
+        return (
+            f"the server at {client.base_url} uses the knowledge base at {theirs}, not {ours}; "
+            "set VOICEBOT_HTTP_PORT (and _HOST) to the server that uses this one"
+        )
+    return None
+
+
+def _same_store(a: str, b: str) -> bool:
+    return a == b or ("://" not in a and "://" not in b and os.path.realpath(a) == os.path.realpath(b))
+
+
+def _remote_ingest(client: ApiClient, paths: list[str]) -> int:
+    from voicebot.api import MAX_UPLOAD_BYTES
+
+    added: dict[str, int] = {}
+    errors: list[str] = []
+    total: int | None = None
+    # One file a request: the upload limit is per request, and an error names its file.
+    for raw in paths:
+        path = Path(raw)
+        # The source a direct ingest would store the entries under, so either way replaces the other.
+        source = str(path.resolve())
+        data = _read_for_upload(path, source, errors)
+        if data is None:
+            continue
+        body, content_type = multipart({"source": source}, "files", path.name, data)
+        if len(body) > MAX_UPLOAD_BYTES:
+            size, limit = f"{len(data) / 2**20:.1f} MiB", f"{MAX_UPLOAD_BYTES / 2**20:.0f} MiB"
+            message = f"too large to send to the server ({size}, at most {limit} a request)"
+            errors.append(_file_error(source, f"{message}: split it, or stop the server and ingest directly"))
+            continue
+        try:
+            answer = client.post("/api/kb/ingest", body, content_type, timeout=_INGEST_TIMEOUT_S)
+        except ApiError as exc:
+            if exc.status is not None and exc.status < 500:  # this file's problem; go on with the others
+                errors.append(_file_error(source, str(exc)))
+                continue
+            # The server is gone or failing: report what was stored, and stop.
+            _print_ingest(added, [*errors, _file_error(source, str(exc))], None)
+            return 1
+        added.update({str(key): int(value) for key, value in answer["added"].items()})
+        errors.extend(str(error) for error in answer["errors"])
+        total = int(answer["entries"])
+    if total is None:  # nothing was sent
+        total = int(client.get("/api/kb", timeout=_PROBE_TIMEOUT_S * 5)["entries"])
+    return _print_ingest(added, errors, total)
+
+
+def _file_error(source: str, message: str) -> str:
+    return str(RowError(source, None, message))
+
+
+def _read_for_upload(path: Path, source: str, errors: list[str]) -> bytes | None:
+    """The file's bytes, or None with the error a direct ingest would report for it."""
+    try:
+        encoded = source.encode()
+    except UnicodeEncodeError:
+        errors.append(_file_error(source, "the path is not valid UTF-8"))
+        return None
+    if len(encoded) > MAX_SOURCE_BYTES:
+        errors.append(_file_error(source, f"path longer than {MAX_SOURCE_BYTES} bytes"))
+        return None
+    if not path.is_file():
+        errors.append(_file_error(source, "no such file" if not path.exists() else "not a regular file"))
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        errors.append(_file_error(source, f"cannot read: {exc.strerror or exc}"))
+        return None
+
+
+def multipart(fields: dict[str, str], file_field: str, filename: str, data: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with text fields and one file; returns (body, content type)."""
+    boundary = f"voicebot-{uuid.uuid4().hex}"
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'.encode()
+            + value.encode()
+            + b"\r\n"
+        )
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(file_field)}"; '
+        f'filename="{_quote(filename)}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+        + data
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _quote(value: str) -> str:
+    # As browsers do (WHATWG): percent-encode what would end the quoted string or the header line.
+    return value.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
