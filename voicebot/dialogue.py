@@ -34,8 +34,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 log = logging.getLogger(__name__)
 
 NO_ANSWER = (
-    "I'm sorry, I don't have information about that. "
-    "Would you like me to connect you with a human agent?"
+    "I'm sorry, I don't have information about that. Would you like me to connect you with a human agent?"
 )
 
 
@@ -61,7 +60,9 @@ class Answerer:
         retrieved = [{"id": h.id, "score": round(float(h.score), 4), "question": h.question} for h in hits]
         if hits and hits[0].score >= self.threshold:
             top = hits[0]
-            return Decision("kb_answer", top.answer, retrieved, f"top score {top.score:.3f} >= {self.threshold}")
+            return Decision(
+                "kb_answer", top.answer, retrieved, f"top score {top.score:.3f} >= {self.threshold}"
+            )
         best = f"{hits[0].score:.3f}" if hits else "none"
         return Decision("no_answer", NO_ANSWER, retrieved, f"top score {best} < {self.threshold}")
 

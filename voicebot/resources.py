@@ -92,7 +92,9 @@ def load_resources(settings: Settings) -> Resources:
     cache = None
     if settings.tts == "piper":
         cache = AudioCache(settings.data_dir / "tts-cache", synth.voice_id, OUTPUT_SAMPLE_RATE)
-    log.info("resources loaded in %.1f s (knowledge base: %d entries)", time.perf_counter() - started, kb.count())
+    log.info(
+        "resources loaded in %.1f s (knowledge base: %d entries)", time.perf_counter() - started, kb.count()
+    )
     return Resources(
         settings=settings,
         engine=engine,

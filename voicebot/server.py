@@ -133,7 +133,10 @@ def serve(settings: Settings) -> int:
     log.info(
         "voicebot listening on http://%s:%d (Twilio webhook POST /twilio/voice, media stream "
         "ws://%s:%d/twilio/stream), data in %s",
-        settings.http_host, settings.http_port, settings.http_host, settings.http_port,
+        settings.http_host,
+        settings.http_port,
+        settings.http_host,
+        settings.http_port,
         settings.data_dir.resolve(),
     )
     config = uvicorn.Config(

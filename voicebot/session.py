@@ -71,7 +71,8 @@ class CallRecorder:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._wav = wave.open(str(path), "wb")
+        # Kept open for the whole call and closed in close(): the recording is written as it goes.
+        self._wav = wave.open(str(path), "wb")  # noqa: SIM115
         self._wav.setnchannels(2)
         self._wav.setsampwidth(2)
         self._wav.setframerate(RECORDING_SAMPLE_RATE)
@@ -119,8 +120,9 @@ async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> 
         stream_id=call.stream_id,
         recording_path=str(recording.path),
     )
-    await asyncio.to_thread(res.live.add, call.call_id, {"gateway": call.gateway, "from": call.from_number},
-                            LIVE_TTL_SECS)
+    await asyncio.to_thread(
+        res.live.add, call.call_id, {"gateway": call.gateway, "from": call.from_number}, LIVE_TTL_SECS
+    )
 
     async def store_turn(turn: TurnRecord) -> None:
         await asyncio.to_thread(
@@ -141,7 +143,11 @@ async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> 
     turns = UserTurnProcessor(
         user_turn_strategies=UserTurnStrategies(
             start=[VADUserTurnStartStrategy()],
-            stop=[TurnAnalyzerUserTurnStopStrategy(turn_analyzer=make_turn_analyzer(settings.turn_max_silence_secs))],
+            stop=[
+                TurnAnalyzerUserTurnStopStrategy(
+                    turn_analyzer=make_turn_analyzer(settings.turn_max_silence_secs)
+                )
+            ],
         ),
     )
     dialogue = DialogueProcessor(res.answerer, settings.greeting, store_turn, settings.vad_stop_secs)

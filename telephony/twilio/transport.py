@@ -8,6 +8,7 @@ and the reason; the transport then sees the disconnect and the call ends, other 
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from dataclasses import dataclass
 
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
@@ -44,10 +45,8 @@ class MediaStream:
 
     async def _close_on_error(self, err: ProtocolError) -> None:
         if self.websocket.application_state == WebSocketState.CONNECTED:
-            try:
+            with suppress(RuntimeError):  # already closing
                 await self.websocket.close(code=err.close_code, reason=err.close_reason)
-            except RuntimeError:
-                pass  # already closing
 
 
 async def accept_media_stream(websocket: WebSocket, max_message_bytes: int) -> MediaStream:
