@@ -74,3 +74,24 @@ def test_base_model_is_assembled_from_its_two_packages(tmp_path: Path) -> None:
 def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="neither a bundled model"):
         resolve_model(str(tmp_path / "nope"), tmp_path)
+
+
+async def test_vad_analyzers_share_the_model_but_not_the_state() -> None:
+    from pipecat.audio.vad.vad_analyzer import VADState
+
+    from asr.turn import make_vad
+
+    speech = (line_audio_16k(QUESTIONS[0]) * 32767).astype(np.int16)
+    audio = np.concatenate([np.zeros(8000, np.int16), speech, np.zeros(16000, np.int16)]).tobytes()
+    first, second = make_vad(0.2), make_vad(0.2)
+    assert first._model.session is second._model.session
+    for vad in (first, second):
+        vad.set_sample_rate(16000)
+    step = first.num_frames_required() * 2
+    seen: list[VADState] = []
+    for start in range(0, len(audio) - step, step):
+        seen.append(await first.analyze_audio(audio[start : start + step]))
+        # The second stream hears only silence: its state must not follow the first's.
+        assert await second.analyze_audio(bytes(step)) == VADState.QUIET
+    assert VADState.SPEAKING in seen
+    assert seen[-1] == VADState.QUIET
