@@ -1,1 +1,4 @@
-"""LLM backends (local llama.cpp, OpenAI-compatible streaming) and fine-tuning: coming with the dialogue issue."""
+"""LLM backends (local llama.cpp, OpenAI-compatible streaming) and fine-tuning.
+
+Coming with the dialogue issue.
+"""
