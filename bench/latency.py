@@ -285,6 +285,16 @@ def print_report(summary: dict[str, Any], results: list[CallResult], meta: dict[
 # --------------------------------------------------------------------------- main
 
 
+def wait_for_log(path: Path, needle: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if needle in path.read_text(errors="replace"):
+                return True
+        time.sleep(0.5)
+    return False
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=10, help="number of calls (default 10)")
@@ -293,6 +303,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start-server", action="store_true", help="start `run.py serve` in a temp data dir")
     p.add_argument("--data-dir", type=Path, help="the server's data dir, for the per-stage breakdown")
     p.add_argument("--call-timeout", type=float, default=90.0, help="seconds one call may take")
+    p.add_argument(
+        "--warmup-timeout",
+        type=float,
+        default=120.0,
+        help="with --start-server: seconds to wait for the server's answer-cache warm-up (default 120)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp data dir of --start-server")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     args = p.parse_args(argv)
@@ -323,6 +339,16 @@ def main(argv: list[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return 1
         print(f"server ready after {server.ready_after_s:.1f} s", file=sys.stderr, flush=True)
+        # /health turns 200 before the server has synthesized its answer audio cache; calls placed during
+        # that warm-up compete with it for the CPU and find no cached audio. Measure the steady state.
+        warm = wait_for_log(server.log_path, "phrase cache", args.warmup_timeout)
+        print(
+            "answer cache warm"
+            if warm
+            else f"no answer-cache line in the log after {args.warmup_timeout:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         url, data_dir = server.ws_url, server.data_dir
     if data_dir is None and (REPO_ROOT / "data" / "voicebot.db").exists():
         data_dir = REPO_ROOT / "data"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from audio import SAMPLE_RATE, match_answer, read_wav, speak, transcribe, write_wav
+from audio import SAMPLE_RATE, match_answer, read_wav, speak, transcribe, ulaw_encode, write_wav
 from conftest import REPO_ROOT, CliRunner, ServerProcess
 from twilio_client import Reply, ReplyTimeout, TwilioCall
 
@@ -299,6 +299,7 @@ async def test_barge_in_clears_the_bot(server: ServerProcess, during: str) -> No
         await asyncio.sleep(max(0.0, reply.play_end - time.perf_counter()) + 0.3)
         await call.stop()
 
+    assert not call.protocol_errors, call.protocol_errors
     speaking = call.sound_frames(since=barge_start - 0.6, until=barge_start)
     assert speaking, "the bot was not speaking when the caller began: the test did not barge in"
     clears = [t for t in call.clears if t >= barge_start]
@@ -510,3 +511,48 @@ def test_question_clips_are_trimmed_phone_audio() -> None:
 
 def test_reply_timeout_is_a_timeout_error() -> None:
     assert issubclass(ReplyTimeout, TimeoutError)
+
+
+@pytest.mark.timeout(30)
+async def test_client_echoes_marks_like_twilio() -> None:
+    """The harness's Twilio stand-in: a mark comes back once the audio before it has played (not when it
+    arrives), and a `clear` drops the unplayed audio and returns the pending marks at once."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    tone = np.sin(np.arange(160) * 2 * np.pi * 440 / SAMPLE_RATE) * 8000
+    payload = base64.b64encode(ulaw_encode(tone.astype(np.int16))).decode()
+    received: list[tuple[float, str]] = []
+    sent: dict[str, float] = {}
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            data = json.loads(message)
+            if data["event"] == "start":
+                sid = data["streamSid"]
+                media = json.dumps({"event": "media", "streamSid": sid, "media": {"payload": payload}})
+                for _ in range(50):  # 1 s of audio in one burst
+                    await ws.send(media)
+                await ws.send(json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": "first"}}))
+                sent["first"] = time.perf_counter()
+                for _ in range(100):  # 2 s more, then cut short by a clear
+                    await ws.send(media)
+                await ws.send(json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": "second"}}))
+                await asyncio.sleep(1.5)
+                await ws.send(json.dumps({"event": "clear", "streamSid": sid}))
+                sent["clear"] = time.perf_counter()
+            elif data["event"] == "mark":
+                received.append((time.perf_counter(), data["mark"]["name"]))
+
+    async with serve(handler, "127.0.0.1", 0) as ws_server:
+        port = next(iter(ws_server.sockets)).getsockname()[1]
+        async with TwilioCall(f"ws://127.0.0.1:{port}") as call:
+            await asyncio.sleep(2.5)
+    echoed = [(e.at, e.detail["name"]) for e in call.events_of("mark_echoed")]
+    assert [name for _t, name in echoed] == ["first", "second"], echoed
+    first_at, second_at = echoed[0][0], echoed[1][0]
+    assert 0.8 < first_at - sent["first"] < 1.3, (
+        f"'first' echoed {first_at - sent['first']:.2f} s after it came"
+    )
+    assert 0 <= second_at - sent["clear"] < 0.2, "'second' was not returned on clear"
+    assert len(call.clears) == 1 and call.frames_sent > 50
+    assert [name for _t, name in received] == ["first", "second"], "the server did not get the echoes"

@@ -179,7 +179,8 @@ class DialogueProcessor(FrameProcessor):
         text = frame.text.strip()
         if not text:
             return
-        self._listening.mark("transcript")
+        # A turn may span several VAD segments; its last transcript is the one that counts.
+        self._listening.marks["transcript"] = time.monotonic()
         self._texts.append(text)
         if not self._user_turn_open:
             # The transcript came after turn detection had already closed the turn.
