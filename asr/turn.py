@@ -6,6 +6,8 @@ its own recurrent state (Silero) and audio buffer (Smart Turn).
 
 from __future__ import annotations
 
+import asyncio
+import re
 import threading
 
 import onnxruntime as ort
@@ -13,6 +15,8 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn, SmartTu
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.frames.frames import InputAudioRawFrame, TranscriptionFrame, VADUserStoppedSpeakingFrame
+from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 
 _session: ort.InferenceSession | None = None
 _silero_session: ort.InferenceSession | None = None
@@ -71,3 +75,100 @@ def make_vad(stop_secs: float) -> SileroVADAnalyzer:
 
 def make_turn_analyzer(max_silence_secs: float) -> SharedSmartTurnAnalyzer:
     return SharedSmartTurnAnalyzer(params=SmartTurnParams(stop_secs=max_silence_secs))
+
+
+def make_turn_stop_strategy(max_silence_secs: float, grace_secs: float) -> TurnAnalyzerUserTurnStopStrategy:
+    return TranscriptAwareTurnStopStrategy(
+        turn_analyzer=make_turn_analyzer(max_silence_secs), grace_secs=grace_secs, limit_secs=max_silence_secs
+    )
+
+
+# Words a finished English sentence practically never ends on. "you" and "it" are left out:
+# "Can I pay you?" and "Can I return it?" are complete.
+_DANGLING = frozenset(
+    """a an the my your our their his her its this that these those to for with of in on at from
+    about into by and or but so because if than is are was were be do does did have has had can
+    could would will should i we um uh er like""".split()  # noqa: SIM905
+)
+
+
+def text_looks_complete(text: str) -> bool:
+    """Whether a transcript reads like a finished utterance (not "I forgot my...", "Can I pay with")."""
+    stripped = text.strip()
+    if not re.search(r"[A-Za-z0-9]", stripped) or stripped.endswith(("...", "-", "…")):
+        return False
+    words = re.findall(r"[a-z0-9']+", stripped.lower())
+    return bool(words) and words[-1] not in _DANGLING
+
+
+class TranscriptAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
+    """Smart Turn, with the transcript as a second opinion.
+
+    Smart Turn judges prosody; on flat or band-limited telephone speech it often calls a finished
+    question unfinished, and then the turn waits for the full silence limit. The words settle it:
+    - the model says complete but the words dangle ("Can I pay with"): keep listening;
+    - the model says incomplete but the words read finished: end after `grace_secs` of silence;
+    - `limit_secs` of silence ends any turn that has words.
+    Speech resuming cancels all of it (the base class discards a pending end of turn).
+    """
+
+    def __init__(self, *, grace_secs: float, limit_secs: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._grace_secs = grace_secs
+        self._limit_secs = limit_secs
+        self._timer: asyncio.Task | None = None
+        self._grace_elapsed = False
+        self._limit_reached = False
+
+    async def _discard_pending_end_of_turn(self) -> None:
+        await super()._discard_pending_end_of_turn()
+        self._grace_elapsed = False
+        self._limit_reached = False
+        if self._timer:
+            await self.task_manager.cancel_task(self._timer)
+            self._timer = None
+
+    async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame) -> None:
+        await super()._handle_vad_user_stopped_speaking(frame)
+        if self._timer is None:
+            self._timer = self.task_manager.create_task(
+                self._silence_timer(frame.stop_secs), f"{self}::silence"
+            )
+
+    async def _silence_timer(self, already_silent: float) -> None:
+        try:
+            grace_wait = max(0.0, self._grace_secs - already_silent)
+            await asyncio.sleep(grace_wait)
+            self._grace_elapsed = True
+            await self._end_if_words_finished()
+            await asyncio.sleep(max(0.0, self._limit_secs - already_silent - grace_wait))
+        except asyncio.CancelledError:
+            return
+        self._timer = None
+        self._limit_reached = True
+        self._turn_complete = True
+        await self._maybe_trigger_user_turn_stopped()
+
+    async def _handle_transcription(self, frame: TranscriptionFrame) -> None:
+        await super()._handle_transcription(frame)
+        if self._grace_elapsed:
+            await self._end_if_words_finished()
+
+    async def _end_if_words_finished(self) -> None:
+        if not self._turn_complete and not self._vad_user_speaking and text_looks_complete(self._text):
+            self._turn_complete = True
+            await self._maybe_trigger_user_turn_stopped()
+
+    async def _handle_input_audio(self, frame: InputAudioRawFrame) -> None:
+        # The analyzer reports COMPLETE from here only when its own silence limit ran out.
+        self._limit_reached = True
+        try:
+            await super()._handle_input_audio(frame)
+        finally:
+            self._limit_reached = False
+
+    async def _maybe_trigger_user_turn_stopped(self) -> None:
+        dangling = bool(self._text) and not text_looks_complete(self._text)
+        if self._turn_complete and dangling and not self._limit_reached:
+            return
+        await super()._maybe_trigger_user_turn_stopped()

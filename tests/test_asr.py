@@ -95,3 +95,25 @@ async def test_vad_analyzers_share_the_model_but_not_the_state() -> None:
         assert await second.analyze_audio(bytes(step)) == VADState.QUIET
     assert VADState.SPEAKING in seen
     assert seen[-1] == VADState.QUIET
+
+
+@pytest.mark.parametrize(
+    ("text", "complete"),
+    [
+        ("How long does delivery take?", True),
+        ("Can I return it?", True),
+        ("Can I pay with", False),
+        ("Can I pay with?", False),
+        ("I forgot my...", False),
+        ("How much does it cost to?", False),
+        ("I would like to return the", False),
+        ("Um", False),
+        ("...", False),
+        ("", False),
+        ("My order number is 4 5 7 2.", True),
+    ],
+)
+def test_text_completeness(text: str, complete: bool) -> None:
+    from asr.turn import text_looks_complete
+
+    assert text_looks_complete(text) is complete

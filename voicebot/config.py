@@ -66,6 +66,11 @@ class Settings(BaseSettings):
 
     # --- turn detection
     vad_stop_secs: float = Field(0.2, description="Silence after speech before the turn analyzer runs.")
+    turn_grace_secs: float = Field(
+        0.5,
+        description="Silence after which a turn whose transcript reads finished ends, even when the "
+        "turn model is unsure.",
+    )
     turn_max_silence_secs: float = Field(
         1.2, description="Silence after which a turn ends even if the turn model thinks it is incomplete."
     )

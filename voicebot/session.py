@@ -24,14 +24,13 @@ from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_start import VADUserTurnStartStrategy
-from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_processor import UserTurnProcessor
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from asr.stt import LocalWhisperSTTService
-from asr.turn import make_turn_analyzer, make_vad
+from asr.turn import make_turn_stop_strategy, make_vad
 from voicebot.dialogue import DialogueProcessor, TurnRecord
 from voicebot.resources import OUTPUT_SAMPLE_RATE, Resources
 
@@ -143,11 +142,7 @@ async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> 
     turns = UserTurnProcessor(
         user_turn_strategies=UserTurnStrategies(
             start=[VADUserTurnStartStrategy()],
-            stop=[
-                TurnAnalyzerUserTurnStopStrategy(
-                    turn_analyzer=make_turn_analyzer(settings.turn_max_silence_secs)
-                )
-            ],
+            stop=[make_turn_stop_strategy(settings.turn_max_silence_secs, settings.turn_grace_secs)],
         ),
     )
     dialogue = DialogueProcessor(res.answerer, settings.greeting, store_turn, settings.vad_stop_secs)
