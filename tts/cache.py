@@ -11,6 +11,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+FORMAT = 2  # 2: leading/trailing silence trimmed
+
 
 def normalize(text: str) -> str:
     return " ".join(text.split())
@@ -18,7 +20,8 @@ def normalize(text: str) -> str:
 
 class AudioCache:
     def __init__(self, directory: Path, voice_id: str, sample_rate: int, max_in_memory: int = 512) -> None:
-        self.directory = directory / f"{voice_id}-{sample_rate}"
+        # Bump FORMAT when how phrases are rendered changes, so stale audio is never served.
+        self.directory = directory / f"{voice_id}-{sample_rate}-v{FORMAT}"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.sample_rate = sample_rate
         self._memory: OrderedDict[str, bytes] = OrderedDict()

@@ -19,7 +19,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from tts.cache import AudioCache
-from tts.piper import CachedTTSMixin, PiperSynth, iterate_in_thread
+from tts.piper import CachedTTSMixin, PiperSynth, iterate_in_thread, without_leading_silence
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,9 @@ class EdgeTTSService(CachedTTSMixin, TTSService):
                 await self.stop_ttfb_metrics()
                 yield TTSAudioRawFrame(audio, self.sample_rate, 1, context_id=context_id)
                 return
+        chunks = iterate_in_thread(self._fallback.sentences(text))
         async for frame in self._stream_audio_frames_from_iterator(
-            iterate_in_thread(self._fallback.sentences(text)),
+            without_leading_silence(chunks, self._fallback.sample_rate),
             in_sample_rate=self._fallback.sample_rate,
             context_id=context_id,
         ):

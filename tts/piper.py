@@ -20,6 +20,34 @@ from tts.cache import AudioCache
 log = logging.getLogger(__name__)
 
 CHUNK_SECS = 0.04
+AUDIBLE = 300  # int16 amplitude; Piper's onset silence sits far below it
+KEEP_BEFORE_SECS = 0.01  # a little lead-in so the first phoneme's attack is intact
+
+
+def leading_silence(samples: np.ndarray, rate: int) -> int:
+    """How many samples of near-silence open the audio (each one delays the caller hearing us)."""
+    loud = np.flatnonzero(np.abs(samples) > AUDIBLE)
+    if loud.size == 0:
+        return 0
+    return max(0, int(loud[0]) - int(KEEP_BEFORE_SECS * rate))
+
+
+def trim_trailing_silence(samples: np.ndarray, rate: int, keep_secs: float = 0.1) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(samples) > AUDIBLE)
+    if loud.size == 0:
+        return samples
+    return samples[: int(loud[-1]) + int(keep_secs * rate)]
+
+
+async def without_leading_silence(chunks: AsyncIterator[bytes], rate: int) -> AsyncIterator[bytes]:
+    """Drop the silence Piper puts before the first word of a live synthesis."""
+    first = True
+    async for chunk in chunks:
+        if first:
+            samples = np.frombuffer(chunk, dtype=np.int16)
+            chunk = samples[leading_silence(samples, rate) :].tobytes()
+            first = False
+        yield chunk
 
 
 def bundled_voice_dir() -> Path:
@@ -49,9 +77,12 @@ class PiperSynth:
             yield chunk.audio_int16_bytes
 
     def render(self, text: str, sample_rate: int) -> bytes:
-        """The whole phrase at `sample_rate`, for the phrase cache."""
+        """The whole phrase at `sample_rate`, trimmed of silence at both ends, for the phrase cache."""
         pcm = b"".join(self.sentences(text))
         samples = np.frombuffer(pcm, dtype=np.int16)
+        samples = trim_trailing_silence(
+            samples[leading_silence(samples, self.sample_rate) :], self.sample_rate
+        )
         if sample_rate != self.sample_rate:
             samples = soxr.resample(samples, self.sample_rate, sample_rate, quality="HQ")
         return samples.astype(np.int16).tobytes()
@@ -104,8 +135,9 @@ class LocalPiperTTSService(CachedTTSMixin, TTSService):
         if hit:
             return
         try:
+            chunks = iterate_in_thread(self._synth.sentences(text))
             async for frame in self._stream_audio_frames_from_iterator(
-                iterate_in_thread(self._synth.sentences(text)),
+                without_leading_silence(chunks, self._synth.sample_rate),
                 in_sample_rate=self._synth.sample_rate,
                 context_id=context_id,
             ):
