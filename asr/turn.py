@@ -83,12 +83,13 @@ def make_turn_stop_strategy(max_silence_secs: float, grace_secs: float) -> TurnA
     )
 
 
-# Words a finished English sentence practically never ends on. "you" and "it" are left out:
+# Words a finished caller sentence practically never ends on: function words, and verbs that
+# announce what comes next ("I wanted to ask", "I was wondering"). "you" and "it" are left out:
 # "Can I pay you?" and "Can I return it?" are complete.
 _DANGLING = frozenset(
     """a an the my your our their his her its this that these those to for with of in on at from
     about into by and or but so because if than is are was were be do does did have has had can
-    could would will should i we um uh er like""".split()  # noqa: SIM905
+    could would will should i we um uh er like ask know wondering wonder tell need want""".split()  # noqa: SIM905
 )
 
 

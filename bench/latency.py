@@ -38,7 +38,16 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from audio import match_answer, normalize_text, speak, transcribe  # noqa: E402
+from audio import (  # noqa: E402
+    SAMPLE_RATE,
+    ULAW_SILENCE,
+    Speech,
+    match_answer,
+    normalize_text,
+    speak,
+    transcribe,
+    ulaw_decode,
+)
 from twilio_client import TwilioCall  # noqa: E402
 
 FAQ_CSV = REPO_ROOT / "voicebot" / "demo" / "faq.csv"
@@ -66,7 +75,14 @@ QUESTIONS: tuple[tuple[str, str], ...] = (
     ("How long until I get my money back?", "How long does it take to get my refund?"),
     ("Why was my card declined?", "Why was my card payment declined?"),
     ("How do I use my gift card?", "How do I use a gift card?"),
+    # "|" marks a hesitation of PAUSE_S mid-question: turn detection must wait it out, not answer
+    # the first half. These are the turns that can end early.
+    ("How much does it cost to | ship my order?", "How much does shipping cost?"),
+    ("I forgot my | password, what should I do?", "How do I reset my password?"),
+    ("I would like to return the | shoes I bought last week.", "How do I return an item?"),
+    ("I wanted to ask | how long delivery takes.", "How long does delivery take?"),
 )
+PAUSE_S = 0.7
 
 
 @dataclass
@@ -99,8 +115,16 @@ def load_faq() -> dict[str, str]:
 # --------------------------------------------------------------------------- driving calls
 
 
+def caller_speech(question: str) -> Speech:
+    """The question as spoken, with a silent hesitation wherever it holds a "|"."""
+    parts = [speak(part.strip()) for part in question.split("|")]
+    pause = bytes([ULAW_SILENCE]) * int(PAUSE_S * SAMPLE_RATE)
+    ulaw = pause.join(part.ulaw for part in parts)
+    return Speech(text=question.replace(" | ", " "), ulaw=ulaw, pcm=ulaw_decode(ulaw))
+
+
 async def one_call(url: str, result: CallResult, timeout_s: float) -> None:
-    speech = speak(result.question)
+    speech = caller_speech(result.question)
     call = TwilioCall(url, from_number=f"+1555020{result.index:04d}")
     result.call_sid = call.call_sid
     try:
@@ -186,7 +210,7 @@ def ended_early(question: str, caller_turns: list[dict[str, Any]]) -> bool:
         return True
     if not caller_turns:
         return False
-    said = normalize_text(question).split()
+    said = normalize_text(question.replace("|", " ")).split()
     heard = normalize_text(caller_turns[0]["caller_text"]).split()
     return len(heard) < 0.6 * len(said)
 
@@ -297,7 +321,9 @@ def wait_for_log(path: Path, needle: str, timeout_s: float) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--calls", type=int, default=10, help="number of calls (default 10)")
+    p.add_argument(
+        "--calls", type=int, default=len(QUESTIONS), help=f"number of calls (default {len(QUESTIONS)})"
+    )
     p.add_argument("--concurrency", type=int, default=1, help="calls at a time (default 1)")
     p.add_argument("--url", default="ws://127.0.0.1:8080/twilio/stream", help="the media stream WebSocket")
     p.add_argument("--start-server", action="store_true", help="start `run.py serve` in a temp data dir")
@@ -357,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         CallResult(i, wording, faq_q, faq[faq_q]) for i, (wording, faq_q) in enumerate(_cycle(args.calls))
     ]
     for r in results:  # synthesize up front: espeak time must not count as caller latency
-        speak(r.question)
+        caller_speech(r.question)
     started = time.monotonic()
     try:
         print(f"placing {args.calls} calls, {args.concurrency} at a time ...", file=sys.stderr, flush=True)

@@ -108,6 +108,8 @@ async def test_vad_analyzers_share_the_model_but_not_the_state() -> None:
         ("How much does it cost to?", False),
         ("I would like to return the", False),
         ("Um", False),
+        ("I wanted to ask.", False),
+        ("I was wondering", False),
         ("...", False),
         ("", False),
         ("My order number is 4 5 7 2.", True),
