@@ -83,13 +83,12 @@ def make_turn_stop_strategy(max_silence_secs: float, grace_secs: float) -> TurnA
     )
 
 
-# Words a finished caller sentence practically never ends on: function words, and verbs that
-# announce what comes next ("I wanted to ask", "I was wondering"). "you" and "it" are left out:
-# "Can I pay you?" and "Can I return it?" are complete.
+# Words a finished caller sentence practically never ends on: articles, possessives,
+# prepositions, conjunctions, fillers, and verbs that announce more ("I wanted to ask").
+# Auxiliaries, modals and pronouns are not here: "What should I do?", "Yes, I can." are complete.
 _DANGLING = frozenset(
-    """a an the my your our their his her its this that these those to for with of in on at from
-    about into by and or but so because if than is are was were be do does did have has had can
-    could would will should i we um uh er like ask know wondering wonder tell need want""".split()  # noqa: SIM905
+    """a an the my your our their his her its to for with of in on at from about into by
+    and or but because if than um uh er like ask wondering wonder""".split()  # noqa: SIM905
 )
 
 

@@ -113,6 +113,9 @@ async def test_vad_analyzers_share_the_model_but_not_the_state() -> None:
         ("...", False),
         ("", False),
         ("My order number is 4 5 7 2.", True),
+        ("What should I do?", True),
+        ("Yes, I do.", True),
+        ("I don't know.", True),
     ],
 )
 def test_text_completeness(text: str, complete: bool) -> None:
