@@ -16,10 +16,9 @@ import numpy as np
 import soxr
 from pipecat.frames.frames import Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TTSService
 
 from tts.cache import AudioCache
-from tts.piper import CachedTTSMixin, PiperSynth, iterate_in_thread, without_leading_silence
+from tts.piper import LocalPiperTTSService, PiperSynth
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,9 @@ async def edge_synthesize(text: str, voice: str, timeout: float) -> tuple[np.nda
     return samples, rate
 
 
-class EdgeTTSService(CachedTTSMixin, TTSService):
+class EdgeTTSService(LocalPiperTTSService):
+    """edge-tts for fresh phrases; Piper (the base class) whenever edge-tts can't be reached."""
+
     def __init__(
         self,
         voice: str,
@@ -55,23 +56,12 @@ class EdgeTTSService(CachedTTSMixin, TTSService):
         **kwargs,
     ) -> None:
         settings = TTSSettings(model="edge-tts", voice=voice, language=None)
-        super().__init__(push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs)
+        super().__init__(fallback, cache=cache, settings=settings, **kwargs)
         self._voice = voice
-        self._fallback = fallback
         self._timeout = connect_timeout
         self._retry_after = retry_after_secs
-        self.cache = cache
 
-    def can_generate_metrics(self) -> bool:
-        return True
-
-    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
-        hit = False
-        async for frame in self.cached_frames(text, context_id):
-            hit = True
-            yield frame
-        if hit:
-            return
+    async def fresh_frames(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         global _edge_down_until
         if time.monotonic() >= _edge_down_until:
             try:
@@ -87,14 +77,7 @@ class EdgeTTSService(CachedTTSMixin, TTSService):
             else:
                 pcm = soxr.resample(samples, rate, self.sample_rate, quality="HQ")
                 audio = (np.clip(pcm, -1, 1) * 32767).astype(np.int16).tobytes()
-                await self.stop_ttfb_metrics()
                 yield TTSAudioRawFrame(audio, self.sample_rate, 1, context_id=context_id)
                 return
-        chunks = iterate_in_thread(self._fallback.sentences(text))
-        async for frame in self._stream_audio_frames_from_iterator(
-            without_leading_silence(chunks, self._fallback.sample_rate),
-            in_sample_rate=self._fallback.sample_rate,
-            context_id=context_id,
-        ):
-            await self.stop_ttfb_metrics()
+        async for frame in super().fresh_frames(text, context_id):
             yield frame

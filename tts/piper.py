@@ -98,24 +98,17 @@ async def iterate_in_thread(iterator: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield item  # type: ignore[misc]
 
 
-class CachedTTSMixin:
-    """Speaks cached phrases instantly; everything else goes to `synthesize_stream`."""
+class LocalPiperTTSService(TTSService):
+    """Speaks cached phrases at once; anything else through `fresh_frames` (Piper here)."""
 
-    cache: AudioCache | None
-    sample_rate: int
-
-    async def cached_frames(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
-        audio = self.cache.get(text) if self.cache and self.cache.sample_rate == self.sample_rate else None
-        if audio is None:
-            return
-        step = int(self.sample_rate * CHUNK_SECS) * 2
-        for start in range(0, len(audio), step):
-            yield TTSAudioRawFrame(audio[start : start + step], self.sample_rate, 1, context_id=context_id)
-
-
-class LocalPiperTTSService(CachedTTSMixin, TTSService):
-    def __init__(self, synth: PiperSynth, cache: AudioCache | None = None, **kwargs) -> None:
-        settings = TTSSettings(model="piper", voice=synth.voice_id, language="en")
+    def __init__(
+        self,
+        synth: PiperSynth,
+        cache: AudioCache | None = None,
+        settings: TTSSettings | None = None,
+        **kwargs,
+    ) -> None:
+        settings = settings or TTSSettings(model="piper", voice=synth.voice_id, language="en")
         super().__init__(push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs)
         self._synth = synth
         self.cache = cache
@@ -127,13 +120,18 @@ class LocalPiperTTSService(CachedTTSMixin, TTSService):
         return True
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
-        hit = False
-        async for frame in self.cached_frames(text, context_id):
-            hit = True
+        cached = self.cache.get(text) if self.cache and self.cache.sample_rate == self.sample_rate else None
+        frames = self._cached_frames(cached, context_id) if cached else self.fresh_frames(text, context_id)
+        async for frame in frames:
             await self.stop_ttfb_metrics()
             yield frame
-        if hit:
-            return
+
+    async def _cached_frames(self, audio: bytes, context_id: str) -> AsyncGenerator[Frame, None]:
+        step = int(self.sample_rate * CHUNK_SECS) * 2
+        for start in range(0, len(audio), step):
+            yield TTSAudioRawFrame(audio[start : start + step], self.sample_rate, 1, context_id=context_id)
+
+    async def fresh_frames(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         try:
             chunks = iterate_in_thread(self._synth.sentences(text))
             async for frame in self._stream_audio_frames_from_iterator(
@@ -141,7 +139,6 @@ class LocalPiperTTSService(CachedTTSMixin, TTSService):
                 in_sample_rate=self._synth.sample_rate,
                 context_id=context_id,
             ):
-                await self.stop_ttfb_metrics()
                 yield frame
         except Exception as exc:
             log.exception("Piper synthesis failed")
