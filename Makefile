@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP) $(SYS_STAMP)
-	$(BIN)/python bench/latency.py --start-server --calls 10
+	$(BIN)/python bench/latency.py --start-server
 
 venv: $(STAMP)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,10 +24,10 @@ from conftest import REPO_ROOT, ServerProcess, free_port, server_env
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from voicebot.api import MAX_UPLOAD_BYTES, _source, is_loopback, parse_form
+from voicebot.api import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, _CacheWarmer, _source, is_loopback
 from voicebot.api import router as api_router
 from voicebot.config import Settings
-from voicebot.kb import KnowledgeBase
+from voicebot.kb import IngestReport, KnowledgeBase
 from voicebot.kb_cli import multipart, server_url
 
 CLI_TIMEOUT_S = 120.0
@@ -89,6 +90,22 @@ def entries(api: httpx.Client) -> list[dict[str, Any]]:
 def ingest(api: httpx.Client, *files: tuple[str, bytes], sources: list[str] | None = None) -> httpx.Response:
     parts = [("files", (name, data, "application/octet-stream")) for name, data in files]
     return api.post("/api/kb/ingest", files=parts, data={"source": sources} if sources else None)
+
+
+def ingest_chunked(api: httpx.Client | TestClient, content: Iterable[bytes]) -> httpx.Response:
+    """An upload sent without a Content-Length (chunked), so the server can only count as it reads."""
+    return api.post(
+        "/api/kb/ingest",
+        content=iter(content),
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
+
+
+def oversized_upload() -> Iterator[bytes]:
+    """A well-formed start of an upload whose file goes on past MAX_UPLOAD_BYTES."""
+    yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="huge.csv"\r\n\r\nquestion,answer\n'
+    for _ in range(MAX_UPLOAD_BYTES // 2**20 + 1):
+        yield b"y" * 2**20
 
 
 @pytest.fixture(scope="module")
@@ -224,15 +241,9 @@ def test_an_oversized_upload_is_refused_with_413(api: httpx.Client) -> None:
     assert response.status_code == 413, response.text
     assert "too large" in response.json()["detail"] and "10 MiB" in response.json()["detail"]
 
-    # Without a Content-Length (chunked), the server counts as it reads.
-    def chunks() -> Iterator[bytes]:
-        for _ in range(MAX_UPLOAD_BYTES // 2**20 + 1):
-            yield b"y" * 2**20
-
-    response = api.post(
-        "/api/kb/ingest", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"}
-    )
+    response = ingest_chunked(api, oversized_upload())
     assert response.status_code == 413, response.text
+    assert "too large" in response.json()["detail"]
     assert entry_count(api) == before
 
 
@@ -298,6 +309,7 @@ def test_clients_not_on_this_machine_get_403(client: tuple[str, int]) -> None:
             http.get("/api/kb/entries"),
             http.get("/api/kb/search", params={"q": "x"}),
             http.post("/api/kb/ingest", files={"files": ("faq.csv", b"question,answer\n")}),
+            ingest_chunked(http, oversized_upload()),  # refused before its body is read
         ):
             assert response.status_code == 403
             assert "answer clients on this machine only" in response.json()["detail"]
@@ -312,6 +324,7 @@ def test_503_while_the_server_starts_or_after_it_failed() -> None:
             assert "still starting" in response.json()["detail"]
         response = http.post("/api/kb/ingest", files={"files": ("faq.csv", b"question,answer\n")})
         assert response.status_code == 503
+        assert ingest_chunked(http, oversized_upload()).status_code == 503  # before its body is read
     with TestClient(app_with(error="RuntimeError: no model"), client=("::1", 50000)) as http:
         response = http.get("/api/kb/entries")
         assert response.status_code == 503
@@ -327,14 +340,20 @@ def test_ingest_limits_and_malformed_bodies(tmp_path: Path) -> None:
             headers={"Content-Type": "multipart/form-data; boundary=b"},
         )
         assert declared.status_code == 413
-        streamed = http.post(
-            "/api/kb/ingest",
-            content=iter([b"x" * 2**20] * (MAX_UPLOAD_BYTES // 2**20 + 1)),
-            headers={"Content-Type": "multipart/form-data; boundary=b"},
-        )
-        assert streamed.status_code == 413
+        assert "too large (10.0 MiB): at most 10 MiB" in declared.json()["detail"]
+        streamed = ingest_chunked(http, oversized_upload())
+        assert streamed.status_code == 413 and "too large: at most 10 MiB" in streamed.json()["detail"]
         not_multipart = http.post("/api/kb/ingest", json={"files": ["faq.csv"]})
         assert not_multipart.status_code == 400 and "multipart/form-data" in not_multipart.json()["detail"]
+        garbled = ingest_chunked(http, [b"x" * 1024])
+        assert garbled.status_code == 400
+        too_many = http.post(
+            "/api/kb/ingest",
+            files=[("files", (f"{n}.csv", b"question,answer\n")) for n in range(MAX_UPLOAD_FILES + 1)],
+        )
+        assert too_many.status_code == 400 and "files" in too_many.json()["detail"]
+        not_a_file = http.post("/api/kb/ingest", files={"files": (None, b"faq.csv")})
+        assert not_a_file.status_code == 400 and "'files'" in not_a_file.json()["detail"]
         no_files = http.post("/api/kb/ingest", data={"source": "/srv/faq.csv"}, files={"other": ("a", b"")})
         assert no_files.status_code == 400 and "'files'" in no_files.json()["detail"]
         sources = http.post(
@@ -380,15 +399,42 @@ def test_source_names(tmp_path: Path) -> None:
         _source("", None, tmp_path)
 
 
-def test_cli_multipart_body_round_trips() -> None:
+class RecordingKB:
+    """Enough of a knowledge base for an ingest: keeps what each file held, stores one entry a file."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, bytes]] = []
+
+    def ingest_as(self, files: list[tuple[Path, str]]) -> IngestReport:
+        ((path, source),) = files
+        self.received.append((source, path.read_bytes()))
+        return IngestReport(added={source: 1})
+
+    def count(self) -> int:
+        return len(self.received)
+
+
+def test_cli_upload_round_trips_through_the_endpoint(tmp_path: Path) -> None:
     data = bytes(range(256)) * 3 + b"\r\n--not-a-boundary\r\n" + "question,answer\né,ü\n".encode()
+    data += b"z" * 2 * 2**20  # past what the form parser keeps in memory
     source = '/srv/kb/gift wrap "2" é.csv'
-    body, content_type = multipart({"source": source}, "files", 'gift "2".csv', data)
-    parts = parse_form(content_type, body)
     # Quotes in the file name are percent-encoded, as browsers do; the source field is sent as it is.
-    assert [(p.name, p.filename) for p in parts] == [("source", None), ("files", "gift %222%22.csv")]
-    assert parts[0].data.decode() == source
-    assert parts[1].data == data
+    body, content_type = multipart({"source": source}, "files", 'gift "2".csv', data)
+    kb = RecordingKB()
+    app = app_with(SimpleNamespace(settings=Settings(data_dir=tmp_path), kb=kb))
+    warmed = threading.Event()
+
+    async def warm(res: Any) -> int:
+        warmed.set()
+        return 1
+
+    app.state.kb_cache_warmer = _CacheWarmer(warm)
+    with TestClient(app, client=LOCAL) as http:
+        response = http.post("/api/kb/ingest", content=body, headers={"Content-Type": content_type})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"added": {source: 1}, "errors": [], "entries": 1}
+        assert kb.received == [(source, data)]
+        assert warmed.wait(10), "no phrase cache warm-up after an ingest that stored entries"
 
 
 @pytest.mark.parametrize(

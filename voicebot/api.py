@@ -36,18 +36,19 @@ expose /api through a proxy that does not.
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import ipaddress
 import logging
 import posixpath
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from email.parser import BytesParser
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.types import Message, Receive
 
 from voicebot.kb import SUPPORTED_SUFFIXES, KnowledgeBase, RowError, unsupported_type
 
@@ -154,18 +155,20 @@ _INGEST_BODY = {
 }
 
 
-@dataclass(frozen=True)
-class _Upload:
-    source: str  # what the entries are stored under; also what errors are named after
-    data: bytes
-
-
 @router.post("/kb/ingest", openapi_extra=_INGEST_BODY)
 async def kb_ingest(request: Request, res: Ready) -> dict[str, Any]:
-    body = await _read_body(request, MAX_UPLOAD_BYTES)
-    content_type = request.headers.get("content-type", "")
-    uploads = await asyncio.to_thread(_uploads, content_type, body, res.settings.data_dir)
-    added, errors = await asyncio.to_thread(_ingest_uploads, res.kb, uploads)
+    # The form is parsed here, not through File()/Form() parameters: FastAPI reads those before it runs
+    # the dependencies, so it would read the whole body of a client that is not local, or while the
+    # server is starting, and it could not refuse too large a body up front.
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+        raise _too_large(int(declared))
+    if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != "multipart/form-data":
+        raise HTTPException(400, "send the files as multipart/form-data, in file parts named 'files'")
+    limited = Request(request.scope, _limit_body(request.receive))
+    async with limited.form(max_files=MAX_UPLOAD_FILES, max_fields=MAX_UPLOAD_FILES) as form:
+        uploads = _uploads(form, res.settings.data_dir)
+        added, errors = await asyncio.to_thread(_ingest_uploads, res.kb, uploads)
     entries = await asyncio.to_thread(res.kb.count)
     if any(added.values()):
         _cache_warmer(request).request(res)
@@ -179,89 +182,60 @@ async def kb_ingest(request: Request, res: Ready) -> dict[str, Any]:
     return {"added": added, "errors": errors, "entries": entries}
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its declared length) passes `limit`."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, int(declared))
-    chunks: list[bytes] = []
+def _limit_body(receive: Receive) -> Receive:
+    """`receive`, refusing with 413 once the body passes MAX_UPLOAD_BYTES (a body sent without a length).
+
+    Not FastAPI's `max_body_size`: that answers a declared length over the limit with a plain-text 413
+    in place of any response, the 403 and 503 above and our JSON error included.
+    """
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit, None)
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def limited() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > MAX_UPLOAD_BYTES:
+            raise _too_large(None)
+        return message
+
+    return limited
 
 
-def _too_large(limit: int, size: int | None) -> HTTPException:
+def _too_large(size: int | None) -> HTTPException:
     sent = f" ({size / 2**20:.1f} MiB)" if size is not None else ""
     return HTTPException(
         413,
-        f"request body too large{sent}: at most {limit / 2**20:.0f} MiB per ingest request; "
+        f"request body too large{sent}: at most {MAX_UPLOAD_BYTES / 2**20:.0f} MiB per ingest request; "
         "send fewer or smaller files at a time",
     )
 
 
-@dataclass(frozen=True)
-class _Part:
-    name: str
-    filename: str | None  # None for a plain field
-    data: bytes
-
-
-def parse_form(content_type: str, body: bytes) -> list[_Part]:
-    """The parts of a multipart/form-data body, in order. HTTPException 400 when it is not one.
-
-    With the standard library's MIME parser (FastAPI's form parsing needs python-multipart, which the
-    server does not depend on); the body is in memory already, and at most MAX_UPLOAD_BYTES.
-    """
-    if (
-        content_type.split(";", 1)[0].strip().lower() != "multipart/form-data"
-        or "boundary=" not in content_type
-    ):
-        raise HTTPException(400, "send the files as multipart/form-data, in file parts named 'files'")
-    head = f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise HTTPException(400, "malformed multipart/form-data body (no parts with its boundary)")
-    parts: list[_Part] = []
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            raise HTTPException(400, "malformed multipart/form-data body (a part without a field name)")
-        payload = part.get_payload(decode=True)
-        parts.append(_Part(name, part.get_filename(), payload if isinstance(payload, bytes) else b""))
-    return parts
-
-
-def _uploads(content_type: str, body: bytes, data_dir: Path) -> list[_Upload | str]:
-    """The uploaded files with their sources, in order; an error message in place of a file left out."""
-    parts = parse_form(content_type, body)
-    files = [part for part in parts if part.name == "files"]
-    sources = [part for part in parts if part.name == "source"]
-    if not files or any(part.filename is None for part in files):
+def _uploads(form: FormData, data_dir: Path) -> list[tuple[str, UploadFile] | str]:
+    """(source, file) for each uploaded file, in order; an error message in place of a file left out."""
+    fields, given = form.getlist("files"), form.getlist("source")
+    files = [file for file in fields if not isinstance(file, str)]
+    sources = [source for source in given if isinstance(source, str)]
+    if not files or len(files) != len(fields):
         raise HTTPException(400, "send the files as multipart/form-data file parts named 'files'")
-    if len(files) > MAX_UPLOAD_FILES:
-        raise HTTPException(400, f"{len(files)} files: at most {MAX_UPLOAD_FILES} per request")
+    if len(sources) != len(given):
+        raise HTTPException(400, "send 'source' as plain form fields, not as files")
     if sources and len(sources) != len(files):
         raise HTTPException(
             400, f"{len(sources)} 'source' fields for {len(files)} files: send one per file, or none"
         )
-    uploads: list[_Upload | str] = []
-    for number, part in enumerate(files, start=1):
-        filename = part.filename or ""
+    uploads: list[tuple[str, UploadFile] | str] = []
+    for number, file in enumerate(files, start=1):
+        filename = file.filename or ""
         try:
-            given = sources[number - 1].data.decode() if sources else None
-            source = _source(filename, given, data_dir)
-        except ValueError as exc:  # UnicodeDecodeError included
+            source = _source(filename, sources[number - 1] if sources else None, data_dir)
+        except ValueError as exc:
             uploads.append(f"{_basename(filename) or f'file {number}'}: {exc}")
             continue
         suffix = PurePosixPath(source).suffix
         if suffix.lower() not in SUPPORTED_SUFFIXES:
             uploads.append(str(RowError(source, None, unsupported_type(suffix))))
             continue
-        uploads.append(_Upload(source, part.data))
+        uploads.append((source, file))
     return uploads
 
 
@@ -287,7 +261,9 @@ def _is_absolute(path: str) -> bool:
     return path.startswith("/") and "\x00" not in path
 
 
-def _ingest_uploads(kb: KnowledgeBase, uploads: list[_Upload | str]) -> tuple[dict[str, int], list[str]]:
+def _ingest_uploads(
+    kb: KnowledgeBase, uploads: list[tuple[str, UploadFile] | str]
+) -> tuple[dict[str, int], list[str]]:
     """Ingest the files in order: (entries stored per source, every error in file order)."""
     added: dict[str, int] = {}
     errors: list[str] = []
@@ -296,10 +272,12 @@ def _ingest_uploads(kb: KnowledgeBase, uploads: list[_Upload | str]) -> tuple[di
             if isinstance(upload, str):
                 errors.append(upload)
                 continue
+            source, file = upload
             # Our own name, with the suffix that decides how the file is read; errors name the source.
-            path = Path(tmp) / f"{number}{PurePosixPath(upload.source).suffix.lower()}"
-            path.write_bytes(upload.data)
-            report = kb.ingest_as([(path, upload.source)])
+            path = Path(tmp) / f"{number}{PurePosixPath(source).suffix.lower()}"
+            with path.open("wb") as copy:
+                shutil.copyfileobj(file.file, copy)
+            report = kb.ingest_as([(path, source)])
             path.unlink()
             added.update(report.added)
             errors.extend(str(error) for error in report.errors)
