@@ -186,7 +186,7 @@ def _limit_body(receive: Receive) -> Receive:
     """`receive`, refusing with 413 once the body passes MAX_UPLOAD_BYTES (a body sent without a length).
 
     Not FastAPI's `max_body_size`: that answers a declared length over the limit with a plain-text 413
-    in place of any response, the 403 and 503 above and our JSON error included.
+    in place of any response, the 403, the 503 and our JSON errors included.
     """
     size = 0
 
