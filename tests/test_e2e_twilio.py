@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -435,6 +436,24 @@ async def test_dtmf_digits_are_recorded_on_a_turn(server: ServerProcess, run_cli
     shown = run_cli("calls", "show", call.call_sid).stdout
     assert re.search(rf"dtmf\s+{re.escape(digits)}", shown), shown
     check_reply(server, call, reply, answer_to(RETURN_POLICY[1]), "after DTMF")
+
+
+@pytest.mark.timeout(90)
+async def test_reused_call_sid_is_stored_as_a_second_call(server: ServerProcess) -> None:
+    # A gateway that reconnects sends the same CallSid again; the second leg must not be lost.
+    sid = "CA" + uuid.uuid4().hex
+    for _ in range(2):
+        async with TwilioCall(server.ws_url, call_sid=sid) as call:
+            await greeted(call)
+            await call.stop()
+    records = Records(server.database_url, run_migrations=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ids = [c.id for c in records.list_calls(limit=200) if c.id.startswith(sid)]
+        if len(ids) == 2:
+            break
+        await asyncio.sleep(0.2)
+    assert len(ids) == 2 and sid in ids, ids
 
 
 # --------------------------------------------------------------------------- g. finalization

@@ -79,6 +79,9 @@ def load_resources(settings: Settings) -> Resources:
     records = Records(settings.resolved_database_url)
     redis = open_redis(settings)
     live = LiveCalls(redis)
+    if not settings.redis_url:
+        # The embedded Redis serves this process alone: anything registered is from a dead run.
+        live.clear()
     # Calls still live in Redis belong to other workers sharing these stores; leave them open.
     closed = records.mark_unfinished_calls("server restarted", exclude=live.ids())
     if closed:

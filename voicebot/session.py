@@ -108,17 +108,11 @@ async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> 
     settings = res.settings
     started_at = datetime.now(UTC)
     recording = CallRecorder(
-        settings.recordings_dir / started_at.strftime("%Y/%m/%d") / f"{call.call_id}.wav"
+        settings.recordings_dir
+        / started_at.strftime("%Y/%m/%d")
+        / f"{call.call_id}-{uuid.uuid4().hex[:8]}.wav"
     )
-    await asyncio.to_thread(
-        res.records.start_call,
-        call.call_id,
-        gateway=call.gateway,
-        from_number=call.from_number,
-        to_number=call.to_number,
-        stream_id=call.stream_id,
-        recording_path=str(recording.path),
-    )
+    call.call_id = await asyncio.to_thread(_record_call_start, res, call, recording.path)
     await asyncio.to_thread(
         res.live.add, call.call_id, {"gateway": call.gateway, "from": call.from_number}, LIVE_TTL_SECS
     )
@@ -199,6 +193,26 @@ async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> 
         recording.close()
         await asyncio.shield(_finalize(res, call, end_reason, recording.path))
         log.info("call %s ended (%s) after %.1f s", call.call_id, end_reason, time.monotonic() - started)
+
+
+def _record_call_start(res: Resources, call: CallInfo, recording: Path) -> str:
+    """Store the call; a gateway that reconnects with the same call id gets a suffixed one."""
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(3):
+        call_id = call.call_id if attempt == 0 else f"{call.call_id}-{uuid.uuid4().hex[:6]}"
+        try:
+            return res.records.start_call(
+                call_id,
+                gateway=call.gateway,
+                from_number=call.from_number,
+                to_number=call.to_number,
+                stream_id=call.stream_id,
+                recording_path=str(recording),
+            )
+        except IntegrityError:
+            log.warning("call id %s is already recorded; storing this call under a new id", call_id)
+    raise RuntimeError(f"could not find a free call id for {call.call_id}")
 
 
 async def _finalize(res: Resources, call: CallInfo, reason: str, recording: Path) -> None:
