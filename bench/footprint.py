@@ -50,7 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from audio import Speech, speak  # noqa: E402
-from conftest import free_port, http_get_json, server_env  # noqa: E402  (the tests' launcher helpers)
+from conftest import free_port, http_get_json, server_env, stop_process  # noqa: E402  (the tests' launcher helpers)
 from twilio_client import TwilioCall  # noqa: E402
 
 PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
@@ -245,17 +245,8 @@ def stop(server: Server) -> dict[str, Any]:
     """SIGTERM, SIGKILL after 10 s; then make sure the embedded redis it started is gone too."""
     process = server.process
     started = time.monotonic()
-    killed = False
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            killed = True
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(timeout=STOP_GRACE_S)
+    stop_process(process, STOP_GRACE_S)
+    killed = process.returncode == -signal.SIGKILL
     stop_s = time.monotonic() - started
     if server._log_file is not None:
         server._log_file.close()
@@ -424,14 +415,10 @@ async def one_call(url: str, index: int, speech: Speech, timeout_s: float) -> Ca
         async with asyncio.timeout(timeout_s):
             await call.connect()
             assert call.started_at is not None
-            greeting = await call.wait_for_reply(call.started_at, timeout=30)
+            greeting = await call.hear_greeting(timeout=30, pause_s=0.4)
             out.greeting_s = greeting.first_at - call.started_at
-            await asyncio.sleep(max(0.0, greeting.play_end - time.perf_counter()) + 0.4)
-            spoken_at = await call.play(speech)
-            reply = await call.wait_for_reply(spoken_at, timeout=40)
-            out.reply_after_s = reply.first_at - spoken_at
+            reply, out.reply_after_s = await call.ask(speech, timeout=40)
             out.reply_s = reply.duration_s
-            await asyncio.sleep(max(0.0, reply.play_end - time.perf_counter()) + 0.3)
             await call.stop()
     except Exception as exc:  # a failed call is a result
         out.error = f"{type(exc).__name__}: {exc}"

@@ -131,16 +131,12 @@ async def one_call(url: str, result: CallResult, timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
             await call.connect()
             assert call.started_at is not None
-            greeting = await call.wait_for_reply(call.started_at, timeout=20)
+            greeting = await call.hear_greeting(timeout=20, pause_s=0.4)
             result.greeting_ms = (greeting.first_at - call.started_at) * 1000
-            # The caller hears the greeting to its end, then pauses briefly, then asks.
-            await asyncio.sleep(max(0.0, greeting.play_end - time.perf_counter()) + 0.4)
-            spoken_at = await call.play(speech)
-            reply = await call.wait_for_reply(spoken_at, timeout=30)
-            result.voice_to_voice_ms = (reply.first_at - spoken_at) * 1000
+            reply, voice_to_voice = await call.ask(speech, timeout=30)
+            result.voice_to_voice_ms = voice_to_voice * 1000
             result.reply_s = reply.duration_s
             result._reply_pcm = reply.pcm
-            await asyncio.sleep(max(0.0, reply.play_end - time.perf_counter()) + 0.3)
             await call.stop()
     except Exception as exc:  # a failed call is a result, not the end of the benchmark
         result.error = f"{type(exc).__name__}: {exc}"

@@ -100,18 +100,12 @@ async def wait_for_call(
 
 async def greeted(call: TwilioCall) -> Reply:
     """Wait for the bot's greeting to be spoken to the end (as the caller hears it)."""
-    assert call.started_at is not None
-    greeting = await call.wait_for_reply(call.started_at, timeout=GREETING_TIMEOUT_S)
-    await asyncio.sleep(max(0.0, greeting.play_end - time.perf_counter()) + 0.3)
-    return greeting
+    return await call.hear_greeting(timeout=GREETING_TIMEOUT_S)
 
 
 async def ask(call: TwilioCall, question: str) -> tuple[Reply, float]:
     """Say `question` in real time and return the bot's reply and its voice-to-voice delay."""
-    spoken_at = await call.play(speak(question))
-    reply = await call.wait_for_reply(spoken_at, timeout=REPLY_TIMEOUT_S)
-    await asyncio.sleep(max(0.0, reply.play_end - time.perf_counter()) + 0.3)
-    return reply, reply.first_at - spoken_at
+    return await call.ask(speak(question), timeout=REPLY_TIMEOUT_S)
 
 
 def assert_says(transcript: str, answer: str, what: str, heard_by_server: str = "") -> None:

@@ -507,6 +507,20 @@ class TwilioCall:
     def received_ulaw(self) -> bytes:
         return b"".join(c.payload for c in self.chunks)
 
+    async def hear_greeting(self, timeout: float = 20.0, pause_s: float = 0.3) -> Reply:
+        """Wait for the bot's first words, listen to their end, then pause as a caller would."""
+        assert self.started_at is not None, "connect() first"
+        greeting = await self.wait_for_reply(self.started_at, timeout=timeout)
+        await asyncio.sleep(max(0.0, greeting.play_end - time.perf_counter()) + pause_s)
+        return greeting
+
+    async def ask(self, speech: Speech, timeout: float = 30.0, pause_s: float = 0.3) -> tuple[Reply, float]:
+        """Say `speech` in real time, hear the reply out; returns it and its voice-to-voice delay (s)."""
+        spoken_at = await self.play(speech)
+        reply = await self.wait_for_reply(spoken_at, timeout=timeout)
+        await asyncio.sleep(max(0.0, reply.play_end - time.perf_counter()) + pause_s)
+        return reply, reply.first_at - spoken_at
+
     async def wait_for_reply(
         self,
         after_t: float | None = None,
