@@ -124,9 +124,10 @@ class TranscriptAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         await super()._discard_pending_end_of_turn()
         self._grace_elapsed = False
         self._limit_reached = False
-        if self._timer:
-            await self.task_manager.cancel_task(self._timer)
-            self._timer = None
+        timer, self._timer = self._timer, None
+        # The timer itself may be what ended the turn; it notices it was dropped and returns.
+        if timer and timer is not asyncio.current_task():
+            await self.task_manager.cancel_task(timer)
 
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame) -> None:
         await super()._handle_vad_user_stopped_speaking(frame)
@@ -141,6 +142,8 @@ class TranscriptAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             await asyncio.sleep(grace_wait)
             self._grace_elapsed = True
             await self._end_if_words_finished()
+            if self._timer is not asyncio.current_task():
+                return  # the turn ended (or was discarded) meanwhile
             await asyncio.sleep(max(0.0, self._limit_secs - already_silent - grace_wait))
         except asyncio.CancelledError:
             return
