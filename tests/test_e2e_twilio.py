@@ -17,9 +17,12 @@ import re
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -448,6 +451,22 @@ async def test_reused_call_sid_is_stored_as_a_second_call(server: ServerProcess)
             break
         await asyncio.sleep(0.2)
     assert len(ids) == 2 and sid in ids, ids
+
+
+def test_voice_webhook_answers_twiml_that_streams_the_call(server: ServerProcess) -> None:
+    body = urllib.parse.urlencode({"From": "+15551230000", "To": "+15557650000", "CallSid": "CA1"}).encode()
+    request = urllib.request.Request(f"{server.url}/twilio/voice", data=body, method="POST")
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/xml")
+        root = ElementTree.fromstring(response.read())
+    stream = root.find("./Connect/Stream")
+    assert stream is not None
+    # Twilio only connects to wss://; the host is the one the webhook came in on.
+    assert stream.get("url") == f"wss://127.0.0.1:{server.port}/twilio/stream"
+    params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert params == {"From": "+15551230000", "To": "+15557650000", "CallSid": "CA1"}
 
 
 # --------------------------------------------------------------------------- g. finalization

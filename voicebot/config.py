@@ -21,8 +21,8 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, description="Port of the HTTP/WebSocket server.")
     public_url: str = Field(
         "",
-        description="Public base URL (e.g. https://bot.example.com) used in TwiML. Empty: taken from the "
-        "request's Host header.",
+        description="Public base URL (e.g. https://bot.example.com); TwiML points Twilio at "
+        "wss://<its host>/twilio/stream. Empty: the webhook request's Host header is used.",
     )
     data_dir: Path = Field(
         Path("./data"),

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from contextlib import asynccontextmanager, suppress
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
@@ -101,15 +102,14 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def stream_url(settings: Settings, request: Request) -> str:
+    """The Media Streams URL for TwiML. Twilio connects only to wss://, so that is what we hand out:
+    from VOICEBOT_PUBLIC_URL when set, else from the Host header the webhook came in on (behind a
+    TLS-terminating proxy that is the public name)."""
     if settings.public_url:
-        base = settings.public_url.rstrip("/")
-        base = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-        return f"{base}/twilio/stream"
-    host = request.headers.get("host", f"{settings.http_host}:{settings.http_port}")
-    forwarded = request.headers.get("x-forwarded-proto", request.url.scheme)
-    scheme = "wss" if forwarded in ("https", "wss") else "ws"
-    # Twilio only connects to wss://; plain ws is for local gateways and tests.
-    return f"{scheme}://{host}/twilio/stream"
+        host = urlsplit(settings.public_url).netloc or settings.public_url.strip("/")
+    else:
+        host = request.headers.get("host", f"{settings.http_host}:{settings.http_port}")
+    return f"wss://{host}/twilio/stream"
 
 
 def configure_logging(level: str) -> None:
