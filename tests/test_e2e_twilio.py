@@ -200,6 +200,9 @@ async def test_two_questions_in_one_call_are_answered_and_recorded(
             replies.append(reply)
         await call.stop()
     assert not call.protocol_errors, call.protocol_errors
+    # After each reply's audio the bot sends a mark, so it learns when the caller heard it all.
+    marks = [e.detail["name"] for e in call.events if e.kind == "mark"]
+    assert {"reply-0", "reply-1", "reply-2"} <= set(marks), marks
 
     assert re.search(r"thank|calling|help", transcribe(greeting.pcm), re.I)
     for (question, answer), reply in zip(asked, replies, strict=True):

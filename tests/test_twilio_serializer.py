@@ -347,6 +347,15 @@ async def test_interruption_without_audio_sends_no_clear() -> None:
     assert await serializer.serialize(InterruptionFrame()) is None
 
 
+async def test_app_mark_gets_the_stream_sid() -> None:
+    call = Call()
+    serializer = await started_serializer(8000, call)
+    message = await serializer.serialize(
+        OutputTransportMessageUrgentFrame(message={"event": "mark", "name": "reply-1"})
+    )
+    assert json.loads(message) == {"event": "mark", "streamSid": call.sid, "mark": {"name": "reply-1"}}
+
+
 async def test_nothing_goes_out_before_start() -> None:
     serializer = TwilioMediaStreamSerializer(sample_rate=8000)
     audio = OutputAudioRawFrame(bytes(320), 8000, 1)

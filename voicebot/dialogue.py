@@ -22,6 +22,7 @@ from pipecat.frames.frames import (
     InputDTMFFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
+    OutputTransportMessageUrgentFrame,
     StartFrame,
     TranscriptionFrame,
     TTSSpeakFrame,
@@ -157,6 +158,10 @@ class DialogueProcessor(FrameProcessor):
         elif isinstance(frame, BotStoppedSpeakingFrame):
             # A stop that belongs to an earlier, interrupted reply must not close this one.
             if self._speaking and "first_audio_sent" in self._speaking.marks:
+                # All of the reply is on the wire; a gateway that can (Twilio) reports when the
+                # caller has heard it to its end.
+                mark = {"event": "mark", "name": f"reply-{self._speaking.index}"}
+                await self.push_frame(OutputTransportMessageUrgentFrame(message=mark))
                 await self._store_speaking()
             await self.push_frame(frame, direction)
         elif isinstance(frame, (EndFrame, CancelFrame)):

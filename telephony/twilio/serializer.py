@@ -51,6 +51,7 @@ from telephony.twilio.messages import (
     Start,
     Stop,
     clear_message,
+    mark_message,
     media_message,
 )
 from telephony.twilio.stream import StreamSession
@@ -262,9 +263,20 @@ class TwilioMediaStreamSerializer(FrameSerializer):
         if isinstance(frame, OutputAudioRawFrame):
             return self._media(frame)
         if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)):
-            # Lets the app send its own Twilio messages (e.g. a mark) in order with audio.
-            return None if self.should_ignore_frame(frame) else json.dumps(frame.message)
+            return self._app_message(frame)
         return None
+
+    def _app_message(
+        self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame
+    ) -> str | None:
+        if self.should_ignore_frame(frame):
+            return None
+        message = frame.message
+        # A playback marker from the app ({"event": "mark", "name": ...}) knows no stream: stamp ours.
+        if isinstance(message, dict) and message.get("event") == "mark" and "streamSid" not in message:
+            sid = self.stream_sid
+            return mark_message(sid, str(message.get("name", ""))) if sid is not None else None
+        return json.dumps(message)
 
     async def _handle_protocol_error(self, err: ProtocolError) -> None:
         if not err.fatal:
@@ -287,7 +299,7 @@ class TwilioMediaStreamSerializer(FrameSerializer):
         if isinstance(event, Start) and self._on_start is not None:
             await self._on_start(event)
         elif isinstance(event, Mark):
-            log.debug("%s: mark %r played", self, event.name)
+            log.info("stream %s: the caller heard %r to its end", event.stream_sid, event.name)
         elif isinstance(event, Connected):
             log.debug("%s: connected, protocol %s %s", self, event.protocol, event.version)
         return None
