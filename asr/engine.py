@@ -24,7 +24,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-HOP = 160  # samples per mel frame
 FULL_WINDOW_FRAMES = 3000
 TAIL_SECS = 1.0  # silence the encoder sees after speech, so the last word is not cut
 MIN_WINDOW_SECS = 10.0
