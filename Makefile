@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYS_STAMP := $(VENV)/.system-packages
-APT_PACKAGES := espeak-ng sox libsox-fmt-all redis-server
+APT_PACKAGES := espeak-ng sox libsox-fmt-all redis-server sip-tester baresip-core linphone-cli
 
 .PHONY: run test lint bench system venv clean
 
@@ -27,7 +27,7 @@ venv: $(STAMP)
 
 # Debian packages the tests need (test audio and a standalone Redis); the server itself needs none.
 system: $(SYS_STAMP)
-$(SYS_STAMP): | $(VENV)/bin/python
+$(SYS_STAMP): Makefile | $(VENV)/bin/python
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -23,6 +23,15 @@ Knowledge base:
 - `GET /api/kb/search?q=TEXT&k=5`: `{"query", "threshold", "hits": [...]}`, best first; a hit whose
   score is below `threshold` is one the bot would not speak.
 
+Calls (the SIP dialer):
+
+- `POST /api/calls` with `{"to": "sip:user@host:port"}`: place an outbound SIP call (directly, or
+  through `VOICEBOT_SIP_PROXY`); the bot runs the usual dialogue once it is answered. Answers 202
+  with the call's status (below); 400 for a bad URI, 503 when the SIP gateway is off or at capacity.
+- `GET /api/calls/{call_id}`: `{"call_id", "to", "direction", "status", "outcome", "reason"}`.
+  `status` moves calling -> ringing -> answered -> ended; once ended, `outcome` is one of answered,
+  busy, no-answer, rejected, failed. Calls placed before a restart are read from the records.
+
 Errors are JSON, `{"detail": "..."}`: 503 while the server is still starting (or failed to start),
 403 for a client that is not on this machine, 413 for too large a body, 400 for a malformed one.
 
@@ -332,3 +341,50 @@ def _cache_warmer(request: Request) -> _CacheWarmer:
     if warmer is None:
         warmer = app_state.kb_cache_warmer = _CacheWarmer()
     return warmer
+
+
+# ---------------------------------------------------------------- calls
+
+
+@router.post("/calls", status_code=202)
+async def place_call(request: Request, res: Ready) -> dict[str, Any]:
+    sip = request.app.state.voicebot.sip
+    if sip is None:
+        error = request.app.state.voicebot.sip_error or "the SIP gateway is disabled (VOICEBOT_SIP_ENABLED)"
+        raise HTTPException(503, error)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(400, 'send JSON: {"to": "sip:user@host:port"}') from None
+    target = body.get("to") if isinstance(body, dict) else None
+    if not isinstance(target, str) or not target.strip():
+        raise HTTPException(400, 'missing "to": the SIP URI to call, e.g. sip:alice@192.0.2.10:5060')
+    try:
+        placed = await sip.dial(target.strip())
+    except ValueError as err:
+        raise HTTPException(400, str(err)) from None
+    except RuntimeError as err:
+        raise HTTPException(503, str(err)) from None
+    except OSError as err:
+        raise HTTPException(503, f"cannot place the call: {err}") from None
+    result: dict[str, Any] = placed.view()
+    return result
+
+
+@router.get("/calls/{call_id}")
+async def call_status(call_id: str, request: Request, res: Ready) -> dict[str, Any]:
+    sip = request.app.state.voicebot.sip
+    live = sip.status(call_id) if sip is not None else None
+    if live is not None:
+        return live
+    detail = await asyncio.to_thread(res.records.get_call, call_id)
+    if detail is None:
+        raise HTTPException(404, f"no call {call_id!r}")
+    return {
+        "call_id": detail.id,
+        "to": detail.to_number,
+        "direction": detail.direction,
+        "status": "ended" if detail.ended_at else "answered",
+        "outcome": detail.outcome,
+        "reason": detail.end_reason,
+    }

@@ -84,6 +84,44 @@ class Settings(BaseSettings):
     )
     edge_voice: str = Field("en-US-AriaNeural", description="edge-tts voice name.")
 
+    # --- SIP gateway
+    sip_enabled: bool = Field(True, description="Run the SIP/RTP gateway beside the HTTP server.")
+    sip_host: str = Field("127.0.0.1", description="Interface the SIP (UDP) and RTP sockets bind to.")
+    sip_port: int = Field(5060, description="SIP UDP port.")
+    sip_public_host: str = Field(
+        "",
+        description="Address advertised in SIP Via/Contact and SDP. Empty: SIP_HOST (or the outgoing "
+        "interface's address when SIP_HOST is 0.0.0.0).",
+    )
+    sip_codecs: str = Field("PCMU,PCMA", description="Codecs we accept and offer, in order of preference.")
+    sip_rtp_ports: str = Field("", description="RTP port range, e.g. 10000-20000. Empty: any free port.")
+    sip_allow: str = Field(
+        "",
+        description="Comma-separated CIDRs allowed to send SIP (e.g. 10.0.0.0/8,203.0.113.7). Others are "
+        "dropped silently. Empty: every source.",
+    )
+    sip_invite_rate: float = Field(
+        2.0, description="New INVITEs per second allowed per source address (more get 503); 0 = no limit."
+    )
+    sip_invite_burst: int = Field(
+        10, description="INVITEs a source may send at once before the rate applies."
+    )
+    sip_proxy: str = Field(
+        "", description="Outbound proxy / trunk for placed calls (host:port or sip:host:port). Empty: direct."
+    )
+    sip_username: str = Field("", description="Digest username for the trunk's 401/407 challenges.")
+    sip_password: str = Field("", description="Digest password for the trunk.")
+    sip_from_user: str = Field("bot", description="User part of our From and Contact URIs.")
+    sip_transfer_uri: str = Field(
+        "", description="Where a handoff to a human goes, by REFER (e.g. sip:agents@pbx.example.com)."
+    )
+    sip_ring_timeout_secs: float = Field(
+        30.0, description="An outbound call not answered by then is no-answer."
+    )
+    sip_rtp_timeout_secs: float = Field(
+        60.0, description="Hang up a SIP call when no RTP arrived for this long (not while on hold)."
+    )
+
     # --- limits
     ws_max_message_bytes: int = Field(65536, description="Largest accepted WebSocket message.")
     max_calls: int = Field(16, description="Concurrent calls accepted; more are refused.")
@@ -98,6 +136,17 @@ class Settings(BaseSettings):
     @property
     def resolved_milvus_uri(self) -> str:
         return self.milvus_uri or str((self.data_dir / "kb.db").resolve())
+
+    @property
+    def sip_codec_list(self) -> tuple[str, ...]:
+        return tuple(c.strip().upper() for c in self.sip_codecs.split(",") if c.strip())
+
+    @property
+    def sip_rtp_port_range(self) -> tuple[int, int] | None:
+        if not self.sip_rtp_ports.strip():
+            return None
+        low, _, high = self.sip_rtp_ports.partition("-")
+        return int(low), int(high or low)
 
     @property
     def recordings_dir(self) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,28 @@ log = logging.getLogger(__name__)
 NO_ANSWER = (
     "I'm sorry, I don't have information about that. Would you like me to connect you with a human agent?"
 )
+HANDOFF = "Of course. I'm transferring you to a human agent now. Please hold."
+HANDOFF_FAILED = (
+    "I'm sorry, I couldn't reach an agent right now. I can keep helping you here, or you can call back later."
+)
+
+_PEOPLE = (
+    r"(?:a |an |the |some |real |live )*"
+    r"(?:human|person|agent|representative|rep|operator|somebody|someone)"
+)
+_ASK_FOR_HUMAN = re.compile(
+    rf"\b(?:speak|talk|chat)\s+(?:to|with)\s+{_PEOPLE}\b"
+    rf"|\b(?:connect|transfer|put)\s+me\s+(?:to|with|through to)\s+{_PEOPLE}\b"
+    rf"|\b(?:want|need|get|like)\s+(?:to\s+(?:speak|talk)\s+to\s+)?{_PEOPLE}\b"
+    r"|\b(?:human|operator|representative)\b",
+    re.IGNORECASE,
+)
+_AGENT_ALONE = re.compile(r"^\W*(?:an?\s+)?(?:agent|human|person|operator)(?:\s+please)?\W*$", re.IGNORECASE)
+_YES = re.compile(r"^\W*(?:yes|yeah|yep|yup|sure|please|ok|okay|yes please|please do)\b", re.IGNORECASE)
+
+
+def asks_for_human(text: str) -> bool:
+    return bool(_ASK_FOR_HUMAN.search(text) or _AGENT_ALONE.match(text))
 
 
 class Searcher(Protocol):
@@ -56,7 +79,11 @@ class Answerer:
         self.kb = kb
         self.threshold = threshold
 
-    def decide(self, caller_text: str) -> Decision:
+    def decide(self, caller_text: str, previous_route: str = "") -> Decision:
+        if asks_for_human(caller_text):
+            return Decision("handoff", HANDOFF, [], "caller asked for a human")
+        if previous_route == "no_answer" and _YES.match(caller_text):
+            return Decision("handoff", HANDOFF, [], "caller accepted the offer of a human")
         hits = self.kb.search(caller_text, k=3)
         retrieved = [{"id": h.id, "score": round(float(h.score), 4), "question": h.question} for h in hits]
         if hits and hits[0].score >= self.threshold:
@@ -68,7 +95,7 @@ class Answerer:
         return Decision("no_answer", NO_ANSWER, retrieved, f"top score {best} < {self.threshold}")
 
     def phrases(self) -> list[str]:
-        return [NO_ANSWER]
+        return [NO_ANSWER, HANDOFF, HANDOFF_FAILED]
 
 
 @dataclass
@@ -100,13 +127,25 @@ class TurnRecord:
 
 
 TurnSink = Callable[[TurnRecord], Awaitable[None]]
+#: Connects the caller to a human once the bot has said so; True when the transfer happened.
+HandoffHook = Callable[[], Awaitable[bool]]
 
 
 class DialogueProcessor(FrameProcessor):
     """Sits between turn detection and TTS. Consumes transcripts, pushes what the bot says."""
 
-    def __init__(self, answerer: Answerer, greeting: str, on_turn: TurnSink, vad_stop_secs: float) -> None:
+    def __init__(
+        self,
+        answerer: Answerer,
+        greeting: str,
+        on_turn: TurnSink,
+        vad_stop_secs: float,
+        on_handoff: HandoffHook | None = None,
+    ) -> None:
         super().__init__()
+        self._on_handoff = on_handoff
+        self._last_route = ""
+        self._handoff_started = False
         self._answerer = answerer
         self._greeting = greeting
         self._on_turn = on_turn
@@ -199,7 +238,7 @@ class DialogueProcessor(FrameProcessor):
         turn.caller_text = " ".join(self._texts)
         self._texts.clear()
         try:
-            decision = await asyncio.to_thread(self._answerer.decide, turn.caller_text)
+            decision = await asyncio.to_thread(self._answerer.decide, turn.caller_text, self._last_route)
         except Exception:
             log.exception("dialogue decision failed; apologising")
             decision = Decision("error", NO_ANSWER, [], "knowledge base unavailable")
@@ -223,7 +262,26 @@ class DialogueProcessor(FrameProcessor):
     async def _store_speaking(self) -> None:
         turn, self._speaking = self._speaking, None
         if turn is not None:
+            self._last_route = turn.route
             await self._on_turn(turn)
+            if turn.route == "handoff" and not self._handoff_started:
+                # The caller has heard (or cut short) "transferring you": hand over now.
+                self._handoff_started = True
+                self.create_task(self._hand_off(), name="handoff")
+
+    async def _hand_off(self) -> None:
+        ok = False
+        if self._on_handoff is not None:
+            try:
+                ok = await self._on_handoff()
+            except Exception:
+                log.exception("handoff failed")
+        if ok:
+            return
+        self._handoff_started = False
+        turn = self._new_turn()
+        turn.route, turn.reason = "handoff_failed", "transfer to a human did not succeed"
+        await self._say(turn, HANDOFF_FAILED)
 
     async def _finish(self) -> None:
         await self._store_speaking()

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response, WebSocket
@@ -25,6 +26,8 @@ class AppState:
         self.error: str | None = None
         self.started = time.monotonic()
         self.calls: set[asyncio.Task] = set()
+        self.sip: Any = None  # voicebot.sip_app.SipService once started
+        self.sip_error: str | None = None
 
     async def load(self) -> None:
         try:
@@ -33,6 +36,8 @@ class AppState:
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("start-up failed; /health will answer 503")
             return
+        if self.settings.sip_enabled:
+            await self.start_sip()
         log.info("ready to take calls after %.1f s", time.monotonic() - self.started)
         try:
             added = await asyncio.to_thread(warm_phrase_cache, self.resources)
@@ -40,6 +45,25 @@ class AppState:
                 log.info("phrase cache: synthesized %d answers", added)
         except Exception:
             log.exception("phrase cache warm-up failed; answers will be synthesized live")
+
+    async def start_sip(self) -> None:
+        from voicebot.sip_app import SipService
+
+        assert self.resources is not None
+        service = SipService(self.resources)
+        try:
+            await service.start()
+        except (OSError, ValueError) as exc:
+            settings = self.settings
+            self.sip_error = f"cannot listen on udp:{settings.sip_host}:{settings.sip_port}: {exc}"
+            log.error("SIP gateway not started (%s); WebSocket calls still work", self.sip_error)
+            return
+        self.sip = service
+
+    async def stop_sip(self) -> None:
+        if self.sip is not None:
+            await self.sip.stop()
+            self.sip = None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -52,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
         loader.cancel()
         with suppress(asyncio.CancelledError):
             await loader
+        await state.stop_sip()
         for task in list(state.calls):
             task.cancel()
         if state.calls:
@@ -72,7 +97,12 @@ def create_app(settings: Settings) -> FastAPI:
             body = {"status": "failed" if state.error else "starting", "error": state.error}
             return JSONResponse(body, status_code=503)
         calls = await asyncio.to_thread(res.live.count)
-        return JSONResponse({"status": "ok", "active_calls": calls, "kb_entries": res.kb.count()})
+        body: dict[str, Any] = {"status": "ok", "active_calls": calls, "kb_entries": res.kb.count()}
+        if state.sip is not None:
+            body["sip"] = {"port": state.sip.gateway.port, "active_calls": state.sip.gateway.active_calls}
+        elif state.sip_error:
+            body["sip"] = {"error": state.sip_error}
+        return JSONResponse(body)
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
@@ -132,11 +162,14 @@ def serve(settings: Settings) -> int:
     app = create_app(settings)
     log.info(
         "voicebot listening on http://%s:%d (Twilio webhook POST /twilio/voice, media stream "
-        "ws://%s:%d/twilio/stream), data in %s",
+        "ws://%s:%d/twilio/stream)%s, data in %s",
         settings.http_host,
         settings.http_port,
         settings.http_host,
         settings.http_port,
+        f", SIP on udp:{settings.sip_host}:{settings.sip_port} once models are loaded"
+        if settings.sip_enabled
+        else "",
         settings.data_dir.resolve(),
     )
     config = uvicorn.Config(

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 import wave
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,11 @@ class CallInfo:
     from_number: str = ""
     to_number: str = ""
     stream_id: str = ""
+    direction: str = "inbound"
+    recorded: bool = False  # the dialer already stored the call row (outbound)
+
+
+Handoff = Callable[[], Awaitable[bool]]
 
 
 class FirstTTSAudioObserver(BaseObserver):
@@ -103,8 +109,13 @@ def make_tts(res: Resources) -> TTSService:
     return LocalPiperTTSService(res.synth, cache=res.cache)
 
 
-async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> None:
-    """Run the per-call pipeline on a gateway transport until the call ends, recording it."""
+async def run_call(
+    transport: BaseTransport, call: CallInfo, res: Resources, on_handoff: Handoff | None = None
+) -> None:
+    """Run the per-call pipeline on a gateway transport until the call ends, recording it.
+
+    ``on_handoff`` connects the caller to a human when the dialogue decides so; without one
+    (Twilio Media Streams cannot transfer by itself) the caller is told no agent is reachable."""
     settings = res.settings
     started_at = datetime.now(UTC)
     recording = CallRecorder(
@@ -112,7 +123,10 @@ async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> 
         / started_at.strftime("%Y/%m/%d")
         / f"{call.call_id}-{uuid.uuid4().hex[:8]}.wav"
     )
-    call.call_id = await asyncio.to_thread(_record_call_start, res, call, recording.path)
+    if call.recorded:
+        await asyncio.to_thread(res.records.set_recording, call.call_id, str(recording.path))
+    else:
+        call.call_id = await asyncio.to_thread(_record_call_start, res, call, recording.path)
     await asyncio.to_thread(
         res.live.add, call.call_id, {"gateway": call.gateway, "from": call.from_number}, LIVE_TTL_SECS
     )
@@ -139,7 +153,9 @@ async def run_call(transport: BaseTransport, call: CallInfo, res: Resources) -> 
             stop=[make_turn_stop_strategy(settings.turn_max_silence_secs, settings.turn_grace_secs)],
         ),
     )
-    dialogue = DialogueProcessor(res.answerer, settings.greeting, store_turn, settings.vad_stop_secs)
+    dialogue = DialogueProcessor(
+        res.answerer, settings.greeting, store_turn, settings.vad_stop_secs, on_handoff=on_handoff
+    )
     tts = make_tts(res)
     pipeline = Pipeline(
         [
@@ -209,6 +225,7 @@ def _record_call_start(res: Resources, call: CallInfo, recording: Path) -> str:
                 to_number=call.to_number,
                 stream_id=call.stream_id,
                 recording_path=str(recording),
+                direction=call.direction,
             )
         except IntegrityError:
             log.warning("call id %s is already recorded; storing this call under a new id", call_id)

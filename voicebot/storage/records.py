@@ -115,6 +115,11 @@ class CallRow(Base):
     recording_path: Mapped[str | None] = mapped_column(Text)
     # `metadata` is reserved on declarative classes, hence the attribute name.
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    direction: Mapped[str] = mapped_column(String(16), default="inbound")
+    # Outbound: ringing, answered, busy, no-answer, rejected, failed. Inbound: empty.
+    outcome: Mapped[str] = mapped_column(String(32), default="")
+    transfer_target: Mapped[str] = mapped_column(String(256), default="")
+    transfer_status: Mapped[str] = mapped_column(String(128), default="")
 
 
 class TurnRow(Base):
@@ -181,9 +186,20 @@ def _migration_1_calls_and_turns(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _migration_2_direction_outcome_transfer(conn: Connection) -> None:
+    for ddl in (
+        "ALTER TABLE calls ADD COLUMN direction VARCHAR(16) NOT NULL DEFAULT 'inbound'",
+        "ALTER TABLE calls ADD COLUMN outcome VARCHAR(32) NOT NULL DEFAULT ''",
+        "ALTER TABLE calls ADD COLUMN transfer_target VARCHAR(256) NOT NULL DEFAULT ''",
+        "ALTER TABLE calls ADD COLUMN transfer_status VARCHAR(128) NOT NULL DEFAULT ''",
+    ):
+        conn.execute(text(ddl))
+
+
 # Append only; never edit or reorder an entry that has shipped.
 MIGRATIONS: list[Migration] = [
     Migration(1, "calls and turns", _migration_1_calls_and_turns),
+    Migration(2, "call direction, outcome and transfer", _migration_2_direction_outcome_transfer),
 ]
 
 _version_md = MetaData()
@@ -325,6 +341,8 @@ class CallSummary:
     ended_at: datetime | None
     end_reason: str
     turn_count: int
+    direction: str = "inbound"
+    outcome: str = ""
 
     @property
     def duration_s(self) -> float | None:
@@ -344,6 +362,10 @@ class CallDetail:
     recording_path: str | None
     metadata: dict[str, Any]
     turns: list[Turn]
+    direction: str = "inbound"
+    outcome: str = ""
+    transfer_target: str = ""
+    transfer_status: str = ""
 
     @property
     def duration_s(self) -> float | None:
@@ -413,6 +435,8 @@ class Records:
         started_at: datetime | None = None,
         metadata: Mapping[str, Any] | None = None,
         recording_path: str | None = None,
+        direction: str = "inbound",
+        outcome: str = "",
     ) -> str:
         """Record a new call and return its id (a new uuid4 hex when `call_id` is None).
 
@@ -430,6 +454,8 @@ class Records:
             end_reason="",
             recording_path=recording_path,
             meta=dict(metadata or {}),
+            direction=direction,
+            outcome=outcome,
         )
         with self._write() as session:
             session.add(row)
@@ -459,6 +485,25 @@ class Records:
             row.ended_at = _moment(ended_at)
             row.end_reason = reason
             return True
+
+    def set_outcome(self, call_id: str, outcome: str) -> None:
+        """Where an outbound call stands: ringing, answered, busy, no-answer, rejected, failed."""
+        self._update_call(call_id, outcome=outcome)
+
+    def set_transfer(self, call_id: str, target: str, status: str) -> None:
+        """A handoff to a human: where to, and how it went (transferred, failed: 486, ...)."""
+        self._update_call(call_id, transfer_target=target, transfer_status=status)
+
+    def set_recording(self, call_id: str, recording_path: str) -> None:
+        self._update_call(call_id, recording_path=recording_path)
+
+    def _update_call(self, call_id: str, **values: Any) -> None:
+        with self._write() as session:
+            row = session.get(CallRow, call_id, with_for_update=True)
+            if row is None:
+                raise KeyError(call_id)
+            for name, value in values.items():
+                setattr(row, name, value)
 
     def mark_unfinished_calls(self, reason: str = "server_restart", *, exclude: Collection[str] = ()) -> int:
         """Close calls left open by a crash; returns how many. Run it at startup.
@@ -587,6 +632,8 @@ class Records:
                     ended_at=row.ended_at,
                     end_reason=row.end_reason,
                     turn_count=int(n),
+                    direction=row.direction,
+                    outcome=row.outcome,
                 )
                 for row, n in session.execute(stmt)
             ]
@@ -612,4 +659,8 @@ class Records:
                 recording_path=row.recording_path,
                 metadata=dict(row.meta or {}),
                 turns=[_turn(t) for t in turns],
+                direction=row.direction,
+                outcome=row.outcome,
+                transfer_target=row.transfer_target,
+                transfer_status=row.transfer_status,
             )

@@ -1,0 +1,173 @@
+"""SIP calls for the app: the gateway's call handler, handoff by REFER, and the dialer.
+
+The dialer is the interface campaigns use: :meth:`SipService.dial` stores an outbound call row,
+places the call, follows it (ringing, answered, busy, no-answer, rejected, failed) into the
+record, and runs the same pipeline as an inbound call once it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from telephony.sip.gateway import SipCallHandle, SipConfig, SipGateway
+from telephony.sip.transport import SipCallTransport
+from voicebot.config import Settings
+from voicebot.resources import OUTPUT_SAMPLE_RATE, Resources
+from voicebot.session import INPUT_SAMPLE_RATE, CallInfo, run_call
+
+log = logging.getLogger(__name__)
+
+FINAL_OUTCOMES = ("answered", "busy", "no-answer", "rejected", "failed")
+
+
+def gateway_config(settings: Settings) -> SipConfig:
+    return SipConfig(
+        host=settings.sip_host,
+        port=settings.sip_port,
+        public_host=settings.sip_public_host,
+        codecs=settings.sip_codec_list,
+        rtp_ports=settings.sip_rtp_port_range,
+        max_calls=settings.max_calls,
+        allow=settings.sip_allow,
+        invite_rate=settings.sip_invite_rate,
+        invite_burst=settings.sip_invite_burst,
+        proxy=settings.sip_proxy,
+        username=settings.sip_username,
+        password=settings.sip_password,
+        from_user=settings.sip_from_user,
+        transfer_uri=settings.sip_transfer_uri,
+        ring_timeout=settings.sip_ring_timeout_secs,
+        rtp_timeout=settings.sip_rtp_timeout_secs,
+        in_rate=INPUT_SAMPLE_RATE,
+        out_rate=OUTPUT_SAMPLE_RATE,
+    )
+
+
+@dataclass
+class Placed:
+    """An outbound call this process placed, as the API reports it."""
+
+    call_id: str
+    target: str
+    handle: SipCallHandle
+
+    def view(self) -> dict[str, Any]:
+        handle = self.handle
+        ended = handle.status == "ended"
+        return {
+            "call_id": self.call_id,
+            "to": self.target,
+            "direction": "outbound",
+            "status": handle.status,
+            "outcome": handle.outcome if ended or handle.outcome == "answered" else "",
+            "reason": handle.reason if ended else "",
+        }
+
+
+class SipService:
+    def __init__(self, res: Resources) -> None:
+        self.res = res
+        self.gateway = SipGateway(gateway_config(res.settings), self._on_call, self._can_accept)
+        self._placed: dict[str, Placed] = {}
+        self._by_handle: dict[int, str] = {}
+        self._followers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.gateway.start()
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+
+    def _can_accept(self) -> bool:
+        try:
+            return int(self.res.live.count()) < self.res.settings.max_calls
+        except Exception:
+            log.exception("live-call registry unavailable; accepting the call")
+            return True
+
+    # --- calls in and out ----------------------------------------------------------------
+
+    async def _on_call(self, transport: SipCallTransport, handle: SipCallHandle) -> None:
+        call_id = self._by_handle.get(id(handle))
+        info = CallInfo(
+            call_id=call_id or f"sip-{uuid.uuid4().hex[:24]}",
+            gateway="sip",
+            from_number=handle.from_uri[:64],
+            to_number=handle.to_uri[:64],
+            stream_id=handle.call_id[:128],
+            direction=handle.direction,
+            recorded=call_id is not None,
+        )
+        log.info(
+            "SIP call %s (%s, %s) -> pipeline as %s",
+            handle.call_id,
+            handle.direction,
+            handle.codec,
+            info.call_id,
+        )
+
+        async def handoff() -> bool:
+            return await self._transfer(handle, info.call_id)
+
+        await run_call(transport, info, self.res, on_handoff=handoff)
+
+    async def _transfer(self, handle: SipCallHandle, call_id: str) -> bool:
+        target = self.res.settings.sip_transfer_uri
+        result = await handle.transfer()
+        log.info("call %s: handoff to %r: %s", call_id, target, result.detail)
+        await asyncio.to_thread(self.res.records.set_transfer, call_id, target, result.detail)
+        if result.ok:
+            await handle.hangup()  # the caller is with the agent now; our leg is done
+        return result.ok
+
+    async def dial(self, target: str) -> Placed:
+        """Place an outbound call; raises ValueError for a bad target, RuntimeError at capacity."""
+        if not self._can_accept() or self.gateway.active_calls >= self.res.settings.max_calls:
+            raise RuntimeError(f"at capacity ({self.res.settings.max_calls} calls)")
+        call_id = f"out-{uuid.uuid4().hex[:24]}"
+        changes: asyncio.Queue[str] = asyncio.Queue()
+        handle = await self.gateway.place_call(target, listener=lambda h: changes.put_nowait(h.status))
+        placed = Placed(call_id, target, handle)
+        self._placed[call_id] = placed
+        self._by_handle[id(handle)] = call_id
+        await asyncio.to_thread(
+            self.res.records.start_call,
+            call_id,
+            gateway="sip",
+            from_number=handle.from_uri[:64],
+            to_number=target[:64],
+            stream_id=handle.call_id[:128],
+            direction="outbound",
+            outcome="calling",
+        )
+        task = asyncio.create_task(self._follow(placed, changes))
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
+        log.info("dialling %s as call %s", target, call_id)
+        return placed
+
+    async def _follow(self, placed: Placed, changes: asyncio.Queue[str]) -> None:
+        """Write each status change into the record, in order, until the call ends."""
+        handle = placed.handle
+        records = self.res.records
+        status = handle.status
+        try:
+            while status != "ended":
+                status = await changes.get()
+                if status in ("ringing", "answered"):
+                    await asyncio.to_thread(records.set_outcome, placed.call_id, status)
+            await asyncio.to_thread(records.set_outcome, placed.call_id, handle.outcome or "failed")
+            if handle.outcome != "answered":
+                await asyncio.to_thread(records.end_call, placed.call_id, handle.reason or handle.outcome)
+        except Exception:
+            log.exception("call %s: could not record its progress", placed.call_id)
+        finally:
+            self._by_handle.pop(id(handle), None)
+
+    def status(self, call_id: str) -> dict[str, Any] | None:
+        placed = self._placed.get(call_id)
+        return placed.view() if placed is not None else None
