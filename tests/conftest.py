@@ -43,6 +43,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    """A UDP port free right now on loopback (SIP and RTP peers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+#: Where the test server's handoffs are REFERred to; no one needs to listen there.
+TRANSFER_URI = "sip:agents@127.0.0.1:5999"
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -78,6 +89,7 @@ class ServerProcess:
     log_path: Path
     process: subprocess.Popen[bytes]
     ready_after_s: float = 0.0
+    sip_port: int = 0
     _log_file: Any = field(default=None, repr=False)
 
     @property
@@ -149,6 +161,8 @@ def start_server(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = server_env(data_dir, port)
+    env["VOICEBOT_SIP_PORT"] = str(free_udp_port())
+    env["VOICEBOT_SIP_TRANSFER_URI"] = TRANSFER_URI
     env.update(extra_env or {})
     log_file = log_path.open("wb")
     started = time.monotonic()
@@ -161,7 +175,9 @@ def start_server(
         stderr=subprocess.STDOUT,
         start_new_session=True,  # a Ctrl-C on pytest does not hit the server before teardown
     )
-    server = ServerProcess(port, data_dir, log_path, process, _log_file=log_file)
+    server = ServerProcess(
+        port, data_dir, log_path, process, _log_file=log_file, sip_port=int(env["VOICEBOT_SIP_PORT"])
+    )
     deadline = started + health_timeout_s
     last = "no answer yet"
     while True:

@@ -31,6 +31,8 @@ Calls (the SIP dialer):
 - `GET /api/calls/{call_id}`: `{"call_id", "to", "direction", "status", "outcome", "reason"}`.
   `status` moves calling -> ringing -> answered -> ended; once ended, `outcome` is one of answered,
   busy, no-answer, rejected, failed. Calls placed before a restart are read from the records.
+- `DELETE /api/calls/{call_id}`: hang up a call this server placed (CANCEL while it rings, BYE once
+  answered). Answers its status; 404 for a call it is not running.
 
 Errors are JSON, `{"detail": "..."}`: 503 while the server is still starting (or failed to start),
 403 for a client that is not on this machine, 413 for too large a body, 400 for a malformed one.
@@ -388,3 +390,13 @@ async def call_status(call_id: str, request: Request, res: Ready) -> dict[str, A
         "outcome": detail.outcome,
         "reason": detail.end_reason,
     }
+
+
+@router.delete("/calls/{call_id}")
+async def hang_up(call_id: str, request: Request, res: Ready) -> dict[str, Any]:
+    sip = request.app.state.voicebot.sip
+    view = await sip.hangup(call_id) if sip is not None else None
+    if view is None:
+        raise HTTPException(404, f"no call {call_id!r} placed by this server")
+    result: dict[str, Any] = view
+    return result

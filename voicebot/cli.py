@@ -35,6 +35,15 @@ def _build_parser() -> argparse.ArgumentParser:
     calls_list.add_argument("-n", type=int, default=50, help="How many calls (default 50).")
     show = calls_sub.add_parser("show", help="Show one call with its turns.")
     show.add_argument("call_id")
+
+    call = sub.add_parser(
+        "call",
+        help="Place an outbound SIP call (through the running server, or standalone) and follow it.",
+    )
+    call.add_argument("target", help="Who to call: sip:USER@HOST[:PORT].")
+    call.add_argument(
+        "--timeout", type=float, default=600.0, help="Stop following the call after this many seconds."
+    )
     return parser
 
 
@@ -54,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voicebot import kb_cli
 
         return kb_cli.run(settings, args)
+    if command == "call":
+        from voicebot import call_cli
+
+        return call_cli.run(settings, args)
     if command == "calls":
         from voicebot import calls_cli
 

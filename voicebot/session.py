@@ -277,4 +277,12 @@ async def run_twilio_call(websocket: WebSocket, res: Resources) -> None:
         stream_id=start.stream_sid,
     )
     log.info("call %s started (stream %s, from %r)", call.call_id, call.stream_id, call.from_number)
-    await run_call(stream.transport(INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE), call, res)
+
+    async def handoff() -> bool:
+        # Media Streams has no transfer of its own (Twilio's is a REST call with <Dial> TwiML).
+        await asyncio.to_thread(
+            res.records.set_transfer, call.call_id, "", "not supported on the Media Streams gateway"
+        )
+        return False
+
+    await run_call(stream.transport(INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE), call, res, on_handoff=handoff)

@@ -171,3 +171,10 @@ class SipService:
     def status(self, call_id: str) -> dict[str, Any] | None:
         placed = self._placed.get(call_id)
         return placed.view() if placed is not None else None
+
+    async def hangup(self, call_id: str) -> dict[str, Any] | None:
+        placed = self._placed.get(call_id)
+        if placed is None:
+            return None
+        await placed.handle.hangup()
+        return placed.view()
