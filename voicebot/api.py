@@ -25,8 +25,9 @@ Knowledge base:
 
 Calls (the SIP dialer):
 
-- `POST /api/calls` with `{"to": "sip:user@host:port"}`: place an outbound SIP call (directly, or
-  through `VOICEBOT_SIP_PROXY`); the bot runs the usual dialogue once it is answered. Answers 202
+- `POST /api/calls` with `{"to": "sip:user@host:port"}` (and optionally `"ring_timeout"`, seconds,
+  instead of `VOICEBOT_SIP_RING_TIMEOUT_SECS`): place an outbound SIP call (directly, or through
+  `VOICEBOT_SIP_PROXY`); the bot runs the usual dialogue once it is answered. Answers 202
   with the call's status (below); 400 for a bad URI, 503 when the SIP gateway is off or at capacity.
 - `GET /api/calls/{call_id}`: `{"call_id", "to", "direction", "status", "outcome", "reason"}`.
   `status` moves calling -> ringing -> answered -> ended; once ended, `outcome` is one of answered,
@@ -361,8 +362,15 @@ async def place_call(request: Request, res: Ready) -> dict[str, Any]:
     target = body.get("to") if isinstance(body, dict) else None
     if not isinstance(target, str) or not target.strip():
         raise HTTPException(400, 'missing "to": the SIP URI to call, e.g. sip:alice@192.0.2.10:5060')
+    ring_timeout = body.get("ring_timeout")
+    if ring_timeout is not None and (
+        isinstance(ring_timeout, bool)
+        or not isinstance(ring_timeout, (int, float))
+        or not 0 < ring_timeout <= 600
+    ):
+        raise HTTPException(400, '"ring_timeout" must be a number of seconds, more than 0 and at most 600')
     try:
-        placed = await sip.dial(target.strip())
+        placed = await sip.dial(target.strip(), ring_timeout=ring_timeout)
     except ValueError as err:
         raise HTTPException(400, str(err)) from None
     except RuntimeError as err:

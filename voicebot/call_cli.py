@@ -31,8 +31,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if health.get("status") != "ok":
             print(f"error: the server at {client.base_url} is still starting; try again", file=sys.stderr)
             return 1
-        return _through_server(client, args.target, args.timeout)
-    return asyncio.run(_standalone(settings, args.target, args.timeout))
+        return _through_server(client, args.target, args.timeout, args.ring_timeout)
+    return asyncio.run(_standalone(settings, args.target, args.timeout, args.ring_timeout))
 
 
 def _print_status(view: dict[str, Any]) -> None:
@@ -43,11 +43,14 @@ def _print_status(view: dict[str, Any]) -> None:
     print(line, flush=True)
 
 
-def _through_server(client: ApiClient, target: str, timeout: float) -> int:
+def _through_server(client: ApiClient, target: str, timeout: float, ring_timeout: float | None) -> int:
     import json
 
+    body: dict[str, Any] = {"to": target}
+    if ring_timeout is not None:
+        body["ring_timeout"] = ring_timeout
     try:
-        view = client.post("/api/calls", json.dumps({"to": target}).encode(), "application/json", 10.0)
+        view = client.post("/api/calls", json.dumps(body).encode(), "application/json", 10.0)
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -69,7 +72,7 @@ def _through_server(client: ApiClient, target: str, timeout: float) -> int:
     return 0 if view.get("outcome") == "answered" else 1
 
 
-async def _standalone(settings: Settings, target: str, timeout: float) -> int:
+async def _standalone(settings: Settings, target: str, timeout: float, ring_timeout: float | None) -> int:
     from voicebot.resources import close_resources, load_resources
     from voicebot.server import configure_logging
     from voicebot.sip_app import SipService
@@ -86,7 +89,7 @@ async def _standalone(settings: Settings, target: str, timeout: float) -> int:
             service.gateway.config = _any_port(service.gateway.config)
             await service.start()
         try:
-            placed = await service.dial(target)
+            placed = await service.dial(target, ring_timeout=ring_timeout)
         except (ValueError, RuntimeError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -133,6 +133,7 @@ def _call_header(call: CallDetail) -> list[str]:
     ended = "-" if call.ended_at is None else f"{format_time(call.ended_at)} UTC"
     fields = [
         ("gateway", call.gateway),
+        ("direction", call.direction),
         ("from", call.from_number or "-"),
         ("to", call.to_number or "-"),
         ("stream", call.stream_id or "-"),
@@ -142,6 +143,10 @@ def _call_header(call: CallDetail) -> list[str]:
         ("end reason", call.end_reason or "-"),
         ("recording", _recording_line(call.recording_path)),
     ]
+    if call.outcome:
+        fields.insert(-1, ("outcome", call.outcome))
+    if call.transfer_status:
+        fields.insert(-1, ("transfer", f"{call.transfer_target or '-'}: {call.transfer_status}"))
     if call.metadata:
         fields.append(("metadata", json.dumps(call.metadata, sort_keys=True)))
     return [f"Call {call.id}"] + [f"  {name:<13}{value}" for name, value in fields]

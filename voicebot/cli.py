@@ -44,6 +44,11 @@ def _build_parser() -> argparse.ArgumentParser:
     call.add_argument(
         "--timeout", type=float, default=600.0, help="Stop following the call after this many seconds."
     )
+    call.add_argument(
+        "--ring-timeout",
+        type=float,
+        help="Give up (no-answer) if not answered by then; default VOICEBOT_SIP_RING_TIMEOUT_SECS.",
+    )
     return parser
 
 

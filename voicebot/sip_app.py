@@ -124,13 +124,15 @@ class SipService:
             await handle.hangup()  # the caller is with the agent now; our leg is done
         return result.ok
 
-    async def dial(self, target: str) -> Placed:
+    async def dial(self, target: str, ring_timeout: float | None = None) -> Placed:
         """Place an outbound call; raises ValueError for a bad target, RuntimeError at capacity."""
         if not self._can_accept() or self.gateway.active_calls >= self.res.settings.max_calls:
             raise RuntimeError(f"at capacity ({self.res.settings.max_calls} calls)")
         call_id = f"out-{uuid.uuid4().hex[:24]}"
         changes: asyncio.Queue[str] = asyncio.Queue()
-        handle = await self.gateway.place_call(target, listener=lambda h: changes.put_nowait(h.status))
+        handle = await self.gateway.place_call(
+            target, listener=lambda h: changes.put_nowait(h.status), ring_timeout=ring_timeout
+        )
         placed = Placed(call_id, target, handle)
         self._placed[call_id] = placed
         self._by_handle[id(handle)] = call_id

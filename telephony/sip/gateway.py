@@ -225,7 +225,11 @@ class SipGateway(asyncio.DatagramProtocol):
     # --- outbound --------------------------------------------------------------------------
 
     async def place_call(
-        self, target: str, *, listener: Callable[[SipCallHandle], None] | None = None
+        self,
+        target: str,
+        *,
+        listener: Callable[[SipCallHandle], None] | None = None,
+        ring_timeout: float | None = None,
     ) -> SipCallHandle:
         """Dial ``target`` (sip:user@host[:port]); the pipeline runs once it is answered.
 
@@ -251,15 +255,15 @@ class SipGateway(asyncio.DatagramProtocol):
             handle.listeners.append(listener)
         self._handles[sip_call.key] = handle
         self._pump()
-        self._spawn(self._ring_timeout(handle))
+        self._spawn(self._ring_timeout(handle, ring_timeout or self.config.ring_timeout))
         return handle
 
-    async def _ring_timeout(self, handle: SipCallHandle) -> None:
+    async def _ring_timeout(self, handle: SipCallHandle, seconds: float) -> None:
         try:
-            await asyncio.wait_for(handle.answered.wait(), self.config.ring_timeout)
+            await asyncio.wait_for(handle.answered.wait(), seconds)
         except TimeoutError:
             if handle.status != "ended":
-                log.info("call %s: no answer after %.0f s", handle.call_id, self.config.ring_timeout)
+                log.info("call %s: no answer after %.0f s", handle.call_id, seconds)
                 handle.outcome = "no-answer"
                 self._hangup(handle)
 

@@ -41,6 +41,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._receiver: RtpReceiver | None = None
         self._sender: RtpSender | None = None
         self._remote: tuple[str, int] | None = None
+        self._latched = False
         self._frames: deque[NDArray[np.int16]] = deque()
         self._partial = np.zeros(0, dtype=np.int16)
         self._events: deque[bytes] = deque()  # DTMF packets, sent in place of audio
@@ -79,6 +80,7 @@ class RtpSession(asyncio.DatagramProtocol):
         changed = self.negotiated is None or negotiated.codec != self.negotiated.codec
         self.negotiated = negotiated
         self._remote = (negotiated.remote_host, negotiated.remote_port)
+        self._latched = False
         if changed:
             self._receiver = RtpReceiver(negotiated.codec, negotiated.dtmf_payload_type)
             self._sender = RtpSender(negotiated.codec, negotiated.dtmf_payload_type, ssrc=self._ssrc)
@@ -96,7 +98,16 @@ class RtpSession(asyncio.DatagramProtocol):
             return
         self.last_received = time.monotonic()
         self.stats["received"] += 1
-        for item in self._receiver.receive(data):
+        items = self._receiver.receive(data)
+        if not self._latched and self._receiver.stats.get("decoded", 0) > 0:
+            # Symmetric RTP: answer where the peer's media comes from. Behind NAT, or with a phone
+            # that advertises an address it does not send from, the SDP address is unreachable.
+            self._latched = True
+            source = (addr[0], addr[1])
+            if source != self._remote:
+                log.info("RTP: peer sends from %s:%d, not %s; sending there", *source, self._remote)
+                self._remote = source
+        for item in items:
             if self.inbound.qsize() >= MAX_INBOUND:
                 self.stats["dropped_inbound"] += 1
                 with suppress(asyncio.QueueEmpty):
