@@ -253,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print("\nSIP voice-to-voice, measured at the peer (baresip): end of question sent -> reply heard")
-    print(
-        f"{'conc':>4} {'calls':>5} {'ok':>3} {'right':>5} {'p50':>6} {'p95':>6} {'max':>6} {'srv p50':>8} {'srv p95':>8}"
-    )
+    header = ("conc", "calls", "ok", "right", "p50", "p95", "max", "srv p50", "srv p95")
+    widths = (4, 5, 3, 5, 6, 6, 6, 8, 8)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for level, s in summaries.items():
         print(
             f"{level:>4} {s['calls']:>5} {s['measured']:>3} {s['correct']:>5} {_ms(s['v2v_p50_ms']):>6} "
