@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 bench: $(STAMP) $(SYS_STAMP)
 	$(BIN)/python bench/latency.py --start-server
+	$(BIN)/python bench/sip_latency.py --start-server --concurrency 1,4
 
 venv: $(STAMP)
 
