@@ -74,6 +74,9 @@ class SipService:
         self.gateway = SipGateway(gateway_config(res.settings), self._on_call, self._can_accept)
         self._placed: dict[str, Placed] = {}
         self._by_handle: dict[int, str] = {}
+        # Set once an outbound call's row is stored: a loopback callee can answer before that, and
+        # the pipeline must not write to a row that is not there yet.
+        self._stored: dict[str, asyncio.Event] = {}
         self._followers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -93,6 +96,10 @@ class SipService:
 
     async def _on_call(self, transport: SipCallTransport, handle: SipCallHandle) -> None:
         call_id = self._by_handle.get(id(handle))
+        stored = self._stored.get(call_id) if call_id is not None else None
+        if stored is not None:
+            await stored.wait()
+            call_id = self._by_handle.get(id(handle))  # None if the row could not be stored
         info = CallInfo(
             call_id=call_id or f"sip-{uuid.uuid4().hex[:24]}",
             gateway="sip",
@@ -136,16 +143,25 @@ class SipService:
         placed = Placed(call_id, target, handle)
         self._placed[call_id] = placed
         self._by_handle[id(handle)] = call_id
-        await asyncio.to_thread(
-            self.res.records.start_call,
-            call_id,
-            gateway="sip",
-            from_number=handle.from_uri[:64],
-            to_number=target[:64],
-            stream_id=handle.call_id[:128],
-            direction="outbound",
-            outcome="calling",
-        )
+        stored = self._stored[call_id] = asyncio.Event()
+        try:
+            await asyncio.to_thread(
+                self.res.records.start_call,
+                call_id,
+                gateway="sip",
+                from_number=handle.from_uri[:64],
+                to_number=target[:64],
+                stream_id=handle.call_id[:128],
+                direction="outbound",
+                outcome="calling",
+            )
+        except BaseException:
+            self._by_handle.pop(id(handle), None)  # the pipeline (if answered) records it as inbound does
+            await handle.hangup()
+            raise
+        finally:
+            stored.set()
+            self._stored.pop(call_id, None)
         task = asyncio.create_task(self._follow(placed, changes))
         self._followers.add(task)
         task.add_done_callback(self._followers.discard)
