@@ -272,15 +272,18 @@ class SipGateway(asyncio.DatagramProtocol):
     def _pump(self) -> None:
         if self._agent is None:
             return
-        for output in self._agent.drain():
-            self._dispatch(output)
+        # Dispatching can queue more output (a re-INVITE answered in place): drain until empty, or
+        # that 200 OK would wait for the next timer tick and go out twice.
+        while outputs := self._agent.drain():
+            for output in outputs:
+                self._dispatch(output)
         self._arm_timer()
 
     def _dispatch(self, output: Output) -> None:
         if isinstance(output, Datagram):
             self._send(output)
         elif isinstance(output, IncomingCall):
-            self._spawn(self._incoming(output.call, output.offer))
+            self._spawn(self._incoming_guarded(output.call, output.offer))
         elif isinstance(output, Reinvite):
             self._reinvite(output.call, output.offer)
         elif isinstance(output, CallConfirmed):
@@ -300,6 +303,15 @@ class SipGateway(asyncio.DatagramProtocol):
         elif isinstance(output, Malformed):
             self._log_malformed(output)
 
+    async def _incoming_guarded(self, call: SipCall, offer: bytes) -> None:
+        try:
+            await self._incoming(call, offer)
+        except Exception:  # a bug must cost this call (500), never leave the INVITE hanging
+            log.exception("SIP: could not handle the INVITE of call %s", call.call_id)
+            if not call.ended and call.state != "confirmed":
+                self.agent.reject(call, 500, self._now())
+                self._pump()
+
     async def _incoming(self, call: SipCall, offer: bytes) -> None:
         agent = self.agent
         if self.active_calls >= self.config.max_calls or not self._can_accept():
@@ -311,7 +323,7 @@ class SipGateway(asyncio.DatagramProtocol):
             negotiated = negotiate(parse_sdp(offer), self.config.codecs)
         except SdpError as err:
             log.warning("SIP: refusing call %s: %s", call.call_id, err)
-            agent.reject(call, 488, self._now(), headers=(("Warning", f'305 - "{str(err)[:80]}"'),))
+            agent.reject(call, 488, self._now(), headers=(("Warning", f'305 - "{_warn_text(err)}"'),))
             self._pump()
             return
         agent.ringing(call, self._now())
@@ -549,6 +561,13 @@ class SipGateway(asyncio.DatagramProtocol):
         self._malformed_window = (start, count)
         if count <= MALFORMED_LOG_MAX:
             log.warning("SIP: dropped a malformed datagram from %s:%d: %s", *event.addr, event.error)
+
+
+def _warn_text(err: Exception) -> str:
+    """An error for a Warning header's quoted text: it may quote the peer's SDP, so keep it to
+    printable ASCII without quotes or backslashes (a NUL or CR there would make the response fail)."""
+    text = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in str(err))
+    return text[:80]
 
 
 def _is_ip(host: str) -> bool:

@@ -53,6 +53,7 @@ class SipInputTransport(BaseInputTransport):
         if self._task is None:
             self._task = self.create_task(self._receive())
         await self.set_transport_ready(frame)
+        await self._owner._started()
 
     async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)
@@ -139,6 +140,7 @@ class SipCallTransport(BaseTransport):
         super().__init__(name=name)
         self.media = media
         self.closed = False
+        self._missed_disconnect: str | None = None
         params = TransportParams(
             audio_in_enabled=True,
             audio_out_enabled=True,
@@ -163,4 +165,15 @@ class SipCallTransport(BaseTransport):
             return
         self.closed = True
         log.debug("SIP call transport closed: %s", reason)
+        if not self._event_handlers["on_client_disconnected"].handlers:
+            # A BYE within milliseconds of our 200 OK: the session has not hooked its pipeline up
+            # yet. Keep the news for the pipeline's start, or the call would run on with no caller.
+            self._missed_disconnect = reason
+            return
         await self._call_event_handler("on_client_disconnected", reason)
+
+    async def _started(self) -> None:
+        """The pipeline started: deliver a hangup that came before anyone listened for it."""
+        reason, self._missed_disconnect = self._missed_disconnect, None
+        if reason is not None:
+            await self._call_event_handler("on_client_disconnected", reason)
