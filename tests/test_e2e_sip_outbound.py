@@ -548,8 +548,8 @@ def test_call_through_a_proxy_answers_the_digest_challenge(
 def test_call_through_a_proxy_with_a_wrong_password_is_refused(
     trunk_server: ServerProcess, tmp_path: Path
 ) -> None:
-    """The proxy expects another password: it answers our credentials with 403 (uas_auth.xml), which
-    the README's outcome table calls rejected ("other 4xx")."""
+    """The proxy expects another password: it answers our credentials with 403 (uas_auth.xml). Refused
+    credentials are our set-up failure, not the callee declining: outcome failed."""
     keys = {"auth_pass": "not-the-bots-password"}
     with sipp_on(trunk_server.proxy_port, "uas_auth.xml", tmp_path, keys=keys) as proxy:  # type: ignore[attr-defined]
         view = dial(trunk_server, BEHIND_PROXY)
@@ -558,9 +558,9 @@ def test_call_through_a_proxy_with_a_wrong_password_is_refused(
     assert "answered" not in seen, seen
     assert peer.status_codes() == [401, 403], peer.status_codes()
     assert peer.logged("authentication failed") == [""], peer.log_lines()
-    assert ended["outcome"] == "rejected" and "403" in ended["reason"], ended
+    assert ended["outcome"] == "failed" and "403" in ended["reason"], ended
     assert peer.requests().count("INVITE") == 2, "the bot retried a refused password"
-    assert_outbound_record(trunk_server, view["call_id"], "rejected", BEHIND_PROXY)
+    assert_outbound_record(trunk_server, view["call_id"], "failed", BEHIND_PROXY)
 
 
 # --------------------------------------------------------------------------- 8. allowlist and capacity

@@ -25,6 +25,7 @@ from telephony.sip.message import (
     SipRequest,
     SipResponse,
     SipUri,
+    Via,
     is_keepalive,
     make_response,
     new_branch,
@@ -180,6 +181,7 @@ class SipCall:
     invite_tx: ServerTransaction | None = None
     invite_request: SipRequest | None = None
     cancel_requested: bool = False
+    cancel_sent: bool = False
     provisional_seen: bool = False
     invite_deadline: float | None = None
     # the 2xx we retransmit until ACKed (inbound) / the ACK we resend on 2xx retransmits (outbound)
@@ -298,7 +300,8 @@ class SipAgent:
 
     def ringing(self, call: SipCall, now: float) -> None:
         if call.invite_tx is not None and call.invite_tx.final_status is None:
-            call.state = "early"
+            if call.state == "new":
+                call.state = "early"
             self._respond(call.invite_tx, 180, now, to_tag=call.local_tag, contact=True)
 
     def accept(self, call: SipCall, sdp: bytes, now: float) -> None:
@@ -343,6 +346,9 @@ class SipAgent:
             if call.provisional_seen:
                 self._send_cancel(call, now)
             return  # the CANCEL goes once a provisional shows the callee got the INVITE
+        if call.invite_tx is not None and call.invite_tx.final_status is None:
+            self._respond(call.invite_tx, 487, now, to_tag=call.local_tag)  # a pending re-INVITE
+            call.invite_tx = None
         self._send_in_dialog(call, "BYE", now)
         self._end(call, "hangup", "bot hung up")
 
@@ -397,7 +403,7 @@ class SipAgent:
 
     def _on_request(self, request: SipRequest, addr: Addr, now: float) -> None:
         via = request.top_via
-        sent_by = f"{via.host}:{via.port or 5060}"
+        sent_by = _sent_by(via)
         branch = via.branch or ""
         if request.method == "ACK":
             self._on_ack(request, branch, sent_by, now)
@@ -460,8 +466,8 @@ class SipAgent:
             if not self._in_sequence(call, request):
                 self._respond(tx, 500, now, headers=(("Retry-After", "1"),))
                 return
-            if call.invite_tx is not None or call.ok_retransmit_at is not None:
-                self._respond(tx, 491, now)  # an offer is already in progress
+            if call.state != "confirmed" or call.invite_tx is not None or call.ok_retransmit_at is not None:
+                self._respond(tx, 491, now)  # an offer is already in progress, or no dialog to modify yet
                 return
             self._respond(tx, 100, now)
             call.invite_tx = tx
@@ -470,11 +476,24 @@ class SipAgent:
             call.remote_sdp = request.body
             self._out.append(Reinvite(call, request.body))
             return
-        if any(
-            c.call_id == request.call_id and c.remote_tag == (request.from_addr.tag or "")
-            for c in self._calls.values()
-            if c.direction == "inbound"
-        ):
+        same = next(
+            (
+                c
+                for c in self._calls.values()
+                if c.direction == "inbound"
+                and c.call_id == request.call_id
+                and c.remote_tag == (request.from_addr.tag or "")
+            ),
+            None,
+        )
+        if same is not None:
+            first = same.invite_request
+            if first is not None and first.top_via.branch == request.top_via.branch:
+                # A retransmission that outlived its (2xx-terminated) transaction: resend our 200.
+                if same.ok_data is not None:
+                    self._send(same.ok_data, tx.addr)
+                tx.state = "terminated"  # nothing left for it to do; tick() drops it
+                return
             self._respond(tx, 482, now)  # same call arriving by a second path
             return
         if self._invite_gate is not None and not self._invite_gate(tx.addr, now):
@@ -524,7 +543,7 @@ class SipAgent:
     def _on_cancel(self, tx: ServerTransaction, now: float) -> None:
         request = tx.request
         via = request.top_via
-        sent_by = f"{via.host}:{via.port or 5060}"
+        sent_by = _sent_by(via)
         invite_tx = self._server.get(server_key(via.branch or "", sent_by, "INVITE"))
         if invite_tx is None:
             self._respond(tx, 481, now)
@@ -535,6 +554,9 @@ class SipAgent:
             return  # too late: the INVITE was already answered; the caller will BYE
         self._respond(invite_tx, 487, now, to_tag=call.local_tag)
         call.invite_tx = None
+        call.invite_deadline = None
+        if call.state == "confirmed":
+            return  # a cancelled re-INVITE leaves the dialog as it was
         self._end(call, "cancelled", "caller cancelled before answer", 487)
 
     def _on_bye(self, tx: ServerTransaction, now: float) -> None:
@@ -545,6 +567,7 @@ class SipAgent:
         self._respond(tx, 200, now)
         if call.invite_tx is not None and call.invite_tx.final_status is None:
             self._respond(call.invite_tx, 487, now, to_tag=call.local_tag)
+            call.invite_tx = None
         self._end(call, "hangup", "caller hung up")
 
     def _on_options(self, tx: ServerTransaction, now: float) -> None:
@@ -647,7 +670,7 @@ class SipAgent:
             if response.to_addr.tag and call.state == "new":
                 call.state = "early"
             if call.cancel_requested:
-                self._send_cancel(call, now)
+                self._send_cancel(call, now)  # once: it is a no-op after the first
             elif status > 100:
                 self._out.append(CallProgress(call, status))
             return
@@ -661,12 +684,20 @@ class SipAgent:
             call.remote_sdp = response.body
             self._out.append(CallAnswered(call, response.body))
             return
-        if status in (401, 407) and self._retry_with_auth(call, ctx, response, now):
+        if (
+            status in (401, 407)
+            and not call.cancel_requested
+            and self._retry_with_auth(call, ctx, response, now)
+        ):
             return
         if call.cancel_requested and status == 487:
             self._end(call, "no-answer", "cancelled after no answer", status)
             return
-        outcome = "failed" if status in (401, 407) else outcome_for(status)
+        # Refused credentials are a set-up failure of ours, not the callee declining.
+        authenticated = "Authorization" in ctx.request.headers or "Proxy-Authorization" in ctx.request.headers
+        outcome = (
+            "failed" if status in (401, 407) or (status == 403 and authenticated) else outcome_for(status)
+        )
         self._end(call, outcome, f"{status} {response.reason}", status)
 
     def _ack_2xx(self, call: SipCall, response: SipResponse) -> None:
@@ -718,6 +749,9 @@ class SipAgent:
         if call is None:
             return
         if request.method == "INVITE" and not call.ended:
+            if call.provisional_seen:
+                call.cancel_requested = True
+                self._send_cancel(call, now)  # the callee may still be ringing
             outcome = "no-answer" if call.provisional_seen else "failed"
             self._end(call, outcome, "no final response (timer B)", 408)
         elif request.method == "REFER" and call.refer_pending:
@@ -744,6 +778,10 @@ class SipAgent:
             call.invite_deadline = None
             if call.invite_tx is not None:
                 self.reject(call, 480 if call.state != "confirmed" else 500, now)
+        if call.ended and call.invite_tx is not None:
+            if call.invite_tx.final_status is None:  # never leave a re-INVITE hanging on a dead call
+                self._respond(call.invite_tx, 487, now, to_tag=call.local_tag)
+            call.invite_tx = None
         if call.ended and call.invite_tx is None and call.ok_data is None:
             self._forget(call)
 
@@ -818,7 +856,9 @@ class SipAgent:
 
     def _send_cancel(self, call: SipCall, now: float) -> None:
         invite = call.invite_request
-        if invite is None or not call.cancel_requested or call.state in ("confirmed", "ended"):
+        if invite is None or not call.cancel_requested or call.cancel_sent:
+            return
+        if call.state in ("confirmed", "ended"):
             return
         headers = Headers()
         headers.add("Via", invite.headers.get_all("Via")[0])
@@ -832,7 +872,7 @@ class SipAgent:
         headers.add("User-Agent", self.config.user_agent)
         cancel = SipRequest("CANCEL", invite.uri, headers)
         self._start_client(cancel, call.peer, now)
-        call.cancel_requested = False  # sent; the 487 to the INVITE ends the call
+        call.cancel_sent = True  # the 487 to the INVITE ends the call
 
     def _send_in_dialog(
         self, call: SipCall, method: str, now: float, headers: tuple[tuple[str, str], ...] = ()
@@ -915,6 +955,11 @@ class SipAgent:
         self._calls.pop(call.key, None)
         # Keep the dialog key a while for late retransmissions? The transactions absorb them.
         self._by_dialog.pop((call.call_id, call.local_tag), None)
+
+
+def _sent_by(via: Via) -> str:
+    host = f"[{via.host}]" if ":" in via.host else via.host
+    return f"{host}:{via.port or 5060}"
 
 
 def sipfrag_status(body: bytes) -> int | None:
