@@ -350,21 +350,7 @@ def negotiate(offer: SessionDescription, preference: Sequence[str] = ("PCMU", "P
         codec = _pick(media, wanted, by_offer_order=False)
         if codec is None:
             continue
-        if media.connection is None:
-            raise SdpError("offer has no c= address for its audio")
-        ours = _REVERSE.get(media.direction, "sendrecv")
-        if _is_hold_address(media.connection):
-            ours = "recvonly" if ours in ("sendrecv", "recvonly") else "inactive"
-        return Negotiated(
-            codec=codec,
-            dtmf_payload_type=_find_dtmf(media),
-            remote_host=media.connection,
-            remote_port=media.port,
-            ptime=PTIME_MS,
-            direction=ours,
-            media_index=index,
-            remote_ptime=media.ptime,
-        )
+        return _settled(media, codec, index, "offer")
     names = ", ".join(dict.fromkeys(offered)) or "none"
     raise SdpError(f"no common codec: offered {names}; we support {', '.join(wanted)} over RTP/AVP")
 
@@ -459,6 +445,25 @@ def build_offer(
     return _encode(lines)
 
 
+def _settled(media: MediaDescription, codec: Codec, index: int, role: str) -> Negotiated:
+    """The media we agreed on, from our side: their sendonly is our recvonly, a hold address mutes us."""
+    if media.connection is None:
+        raise SdpError(f"{role} has no c= address for its audio")
+    ours = _REVERSE.get(media.direction, "sendrecv")
+    if _is_hold_address(media.connection):
+        ours = "recvonly" if ours in ("sendrecv", "recvonly") else "inactive"
+    return Negotiated(
+        codec=codec,
+        dtmf_payload_type=_find_dtmf(media),
+        remote_host=media.connection,
+        remote_port=media.port,
+        ptime=PTIME_MS,
+        direction=ours,
+        media_index=index,
+        remote_ptime=media.ptime,
+    )
+
+
 def accept_answer(answer: SessionDescription, preference: Sequence[str] = ("PCMU", "PCMA")) -> Negotiated:
     """What an answer to our offer settled: the first codec in its list that we support."""
     wanted = _check_preference(preference)
@@ -471,19 +476,5 @@ def accept_answer(answer: SessionDescription, preference: Sequence[str] = ("PCMU
         if codec is None:
             names = ", ".join(c.name for c in media.codecs.values()) or "none"
             raise SdpError(f"answer has no codec we support: {names}")
-        if media.connection is None:
-            raise SdpError("answer has no c= address for its audio")
-        ours = _REVERSE.get(media.direction, "sendrecv")
-        if _is_hold_address(media.connection):
-            ours = "recvonly" if ours in ("sendrecv", "recvonly") else "inactive"
-        return Negotiated(
-            codec=codec,
-            dtmf_payload_type=_find_dtmf(media),
-            remote_host=media.connection,
-            remote_port=media.port,
-            ptime=PTIME_MS,
-            direction=ours,
-            media_index=index,
-            remote_ptime=media.ptime,
-        )
+        return _settled(media, codec, index, "answer")
     raise SdpError("answer has no audio m= line")
