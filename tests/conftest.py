@@ -208,12 +208,13 @@ def start_server(
     )
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The real server on a free loopback port, with a fresh data dir; shared by the session."""
-    base = tmp_path_factory.mktemp("voicebot-server")
+def serve_for_tests(
+    tmp_path_factory: pytest.TempPathFactory, name: str, extra_env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """Start a real server in a fresh data dir, yield it, stop it (printing its log if it failed)."""
+    base = tmp_path_factory.mktemp(name)
     try:
-        proc = start_server(base / "data", base / "server.log")
+        proc = start_server(base / "data", base / "server.log", extra_env=extra_env)
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
@@ -223,20 +224,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         if proc._log_file is not None:
             proc._log_file.close()
         if status not in (0, -signal.SIGTERM, None):
-            print(f"\nvoicebot server exited with status {status}; log: {proc.log_path}\n{proc.log_tail(30)}")
+            print(f"\n{name} server exited with status {status}; log: {proc.log_path}\n{proc.log_tail(30)}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The real server on a free loopback port, with a fresh data dir; shared by the session."""
+    yield from serve_for_tests(tmp_path_factory, "voicebot-server")
 
 
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def run_cli_in(
-    data_dir: Path, *args: str, timeout: float = CLI_TIMEOUT_S, check: bool = True
+    data_dir: Path,
+    *args: str,
+    timeout: float = CLI_TIMEOUT_S,
+    check: bool = True,
+    port: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`python run.py ARGS...` against a data dir; output captured as text."""
+    """`python run.py ARGS...` against a data dir (and a server's HTTP port); output captured as text."""
     result = subprocess.run(
         [sys.executable, "run.py", *args],
         cwd=REPO_ROOT,
-        env=server_env(data_dir),
+        env=server_env(data_dir, port),
         capture_output=True,
         text=True,
         timeout=timeout,

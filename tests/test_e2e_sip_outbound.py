@@ -13,10 +13,8 @@ import contextlib
 import hashlib
 import json
 import re
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 from audio import transcribe, write_wav
-from conftest import REPO_ROOT, ServerProcess, free_udp_port, server_env, start_server
+from conftest import ServerProcess, free_udp_port, run_cli_in, serve_for_tests
 from sip_peers import (
     HOST,
     BaresipPeer,
@@ -63,15 +61,7 @@ BEHIND_PROXY = "sip:alice@127.0.0.1:9"
 
 def call_cli(server: ServerProcess, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """`python run.py ARGS` pointed at `server` (VOICEBOT_HTTP_PORT set, so `call` goes through it)."""
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=REPO_ROOT,
-        env=server_env(server.data_dir, server.port),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli_in(server.data_dir, *args, timeout=timeout, check=False, port=server.port)
 
 
 def describe(result: subprocess.CompletedProcess[str]) -> str:
@@ -295,24 +285,6 @@ def raw_options(source: str, dest: tuple[str, int], wait_s: float) -> list[int]:
 # --------------------------------------------------------------------------- extra servers
 
 
-def _start(
-    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]
-) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp(name)
-    try:
-        proc = start_server(base / "data", base / "server.log", extra_env=env)
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield proc
-    finally:
-        status = proc.stop()
-        if proc._log_file is not None:
-            proc._log_file.close()
-        if status not in (0, -signal.SIGTERM, None):
-            print(f"\n{name} server exited with status {status}; log: {proc.log_path}\n{proc.log_tail(30)}")
-
-
 @pytest.fixture(scope="module")
 def trunk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server that places its calls through a digest-authenticating proxy (`proxy_port` attribute)."""
@@ -322,7 +294,7 @@ def trunk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
         "VOICEBOT_SIP_USERNAME": AUTH_USER,
         "VOICEBOT_SIP_PASSWORD": AUTH_PASS,
     }
-    for proc in _start(tmp_path_factory, "voicebot-trunk", env):
+    for proc in serve_for_tests(tmp_path_factory, "voicebot-trunk", env):
         proc.proxy_port = port  # type: ignore[attr-defined]
         yield proc
 
@@ -331,7 +303,7 @@ def trunk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server taking SIP only from 127.0.0.2, and one call at a time."""
     env = {"VOICEBOT_MAX_CALLS": "1", "VOICEBOT_SIP_ALLOW": f"{ALLOWED_HOST}/32"}
-    yield from _start(tmp_path_factory, "voicebot-guarded", env)
+    yield from serve_for_tests(tmp_path_factory, "voicebot-guarded", env)
 
 
 def wait_idle(server: ServerProcess, timeout: float = 10.0) -> None:

@@ -156,7 +156,6 @@ class SipGateway(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._resolved: dict[str, str] = {}
         self._malformed_window = (0.0, 0)
-        self.stats = {"malformed": 0, "denied": 0}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -211,7 +210,6 @@ class SipGateway(asyncio.DatagramProtocol):
             return
         host, port = addr[0], addr[1]
         if not self._guard.allowed(host):
-            self.stats["denied"] += 1
             return
         try:
             self._agent.receive(data, (host, port), self._now())
@@ -550,7 +548,6 @@ class SipGateway(asyncio.DatagramProtocol):
         return address
 
     def _log_malformed(self, event: Malformed) -> None:
-        self.stats["malformed"] += 1
         start, count = self._malformed_window
         now = time.monotonic()
         if now - start > MALFORMED_LOG_WINDOW:
