@@ -1,4 +1,9 @@
-"""`voicebot kb ingest|list|search`: manage and probe the knowledge base from the shell.
+"""`voicebot kb ingest|list|search|calibrate`: manage, probe and calibrate the knowledge base from the shell.
+
+`calibrate FILE.csv` (columns text,expected) searches every row, chooses the lexical weight and the
+answer, related and clarify thresholds from the results (`voicebot.kb.calibrate`), prints them with
+the precision and recall behind them, and writes DATA_DIR/kb-thresholds.json, which the server reads
+at start (`voicebot.kb.load_thresholds`).
 
 Exit codes: 0 on success; 1 when the knowledge base cannot be opened, or when `ingest` met any bad
 file or row (the good rows are stored all the same, so a CSV with one typo still loads); 2 for bad
@@ -23,22 +28,52 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from voicebot.config import Settings
 from voicebot.kb import (
     MAX_SOURCE_BYTES,
+    TARGET_PRECISION,
+    Calibration,
     Entry,
+    FileRejected,
     Hit,
     KnowledgeBase,
     KnowledgeBaseError,
     KnowledgeBaseLocked,
     RowError,
+    calibrate,
     ensure_demo,
+    load_thresholds,
+    observe,
+    read_calibration_csv,
+    thresholds_path,
+    write_thresholds,
 )
 
 _ANSWER_WIDTH = 60
 _Row = TypeVar("_Row", Entry, Hit)
+
+
+def add_calibrate_parser(kb_sub: Any) -> None:
+    """Add `calibrate` to the `kb` subcommand's subparsers."""
+    calibrate_parser = kb_sub.add_parser(
+        "calibrate",
+        help="Compute the answer thresholds and lexical weight from labelled caller questions.",
+        description="FILE.csv has columns text,expected: what a caller says, and the knowledge-base "
+        "question it should match (empty when the knowledge base has no answer). Writes "
+        "DATA_DIR/kb-thresholds.json; VOICEBOT_KB_* variables set explicitly still win over it.",
+    )
+    calibrate_parser.add_argument("path", type=Path, metavar="FILE.csv")
+    calibrate_parser.add_argument(
+        "--precision",
+        type=float,
+        default=TARGET_PRECISION,
+        help=f"Precision the direct-answer threshold must keep (default {TARGET_PRECISION}).",
+    )
+    calibrate_parser.add_argument(
+        "--dry-run", action="store_true", help="Print the values without writing the file."
+    )
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -47,9 +82,18 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.kb_command == "search" and args.k < 1:
         print("error: -k must be at least 1", file=sys.stderr)
         return 2
+    if args.kb_command == "calibrate" and not 0.0 < args.precision <= 1.0:
+        print("error: --precision must be in (0, 1]", file=sys.stderr)
+        return 2
+    thresholds = load_thresholds(settings)
     try:
         # Lazy: `kb list` never embeds, and should not pay the model's ~5 s load.
-        kb = KnowledgeBase(settings.resolved_milvus_uri, settings.kb_collection, lazy_embedder())
+        kb = KnowledgeBase(
+            settings.resolved_milvus_uri,
+            settings.kb_collection,
+            lazy_embedder(settings.embedder),
+            lexical_weight=thresholds.lexical_weight,
+        )
     except KnowledgeBaseLocked as exc:
         return _through_server(settings, args, exc)
     except KnowledgeBaseError as exc:
@@ -61,9 +105,80 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         _load_demo_if_wanted(kb, settings)
         if args.kb_command == "list":
             return _list(kb)
-        return _search(kb, args.text, args.k, settings.kb_threshold)
+        if args.kb_command == "calibrate":
+            return _calibrate(kb, settings, args)
+        return _search(kb, args.text, args.k, thresholds.answer)
     finally:
         kb.close()
+
+
+# ---------------------------------------------------------------- calibrate
+
+
+class _Searchable(Protocol):
+    def entries(self) -> list[Entry]: ...
+
+    def search(self, text: str, k: int = 3) -> list[Hit]: ...
+
+
+def _calibrate(kb: _Searchable, settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        rows = read_calibration_csv(args.path)
+    except FileRejected as exc:
+        where = f"{args.path}:{exc.line}" if exc.line else str(args.path)
+        print(f"error: {where}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        observations = observe(kb, rows)
+    except KnowledgeBaseError as exc:
+        print(f"error: {args.path}: {exc}", file=sys.stderr)
+        return 1
+    result = calibrate(observations, embedder=settings.embedder, target_precision=args.precision)
+    print_calibration(result)
+    if args.dry_run:
+        return 0
+    path = thresholds_path(settings)
+    write_thresholds(path, result, str(args.path.resolve()))
+    print(f"wrote {path}")
+    explicit = sorted(name for name in result.settings() if name in settings.model_fields_set)
+    if explicit:
+        names = ", ".join(f"VOICEBOT_{name.upper()}" for name in explicit)
+        print(f"note: {names} set explicitly, and wins over the file", file=sys.stderr)
+    return 0
+
+
+def print_calibration(result: Calibration) -> None:
+    """The calibrated values, each with the figures behind it."""
+    print(
+        f"{result.rows} questions ({result.in_kb} in the knowledge base, {result.out_of_kb} not), "
+        f"embedder {result.embedder or '?'}"
+    )
+    print("lexical weight  top-1   top-3   answer threshold  precision  recall")
+    for row in result.weights:
+        mark = "*" if row.lexical_weight == result.lexical_weight else " "
+        print(
+            f"{mark} {row.lexical_weight:<12.2f}  {row.top1:6.1%}  {row.top3:6.1%}  "
+            f"{row.answer.threshold:<16.3f}  {row.answer.precision:8.1%}  {row.answer.recall:6.1%}"
+        )
+    answer, related, clarify = result.answer, result.related, result.clarify
+    print(
+        f"kb_lexical_weight    = {result.lexical_weight:.2f}   top-1 {result.top1:.1%}, "
+        f"top-3 {result.top3:.1%} of in-KB questions"
+    )
+    print(
+        f"kb_threshold         = {answer.threshold:.3f}  direct answers: precision {answer.precision:.1%} "
+        f"(target {result.target_precision:.0%}), recall {answer.recall:.1%}, decisions right "
+        f"{answer.accuracy:.1%}, out-of-KB answered {answer.false_accept:.1%}"
+    )
+    print(
+        f"kb_related_threshold = {related.threshold:.3f}  right passage retrieved for {related.recall:.1%} "
+        f"of in-KB questions; {related.out_of_kb_pass:.1%} of out-of-KB questions pass"
+    )
+    print(
+        f"kb_clarify_margin    = {clarify.margin:.3f}  asks on {clarify.caught:.1%} of wrong top-1 "
+        f"answers ({clarify.resolvable:.0%} of them offer the right one) and {clarify.needless:.1%} "
+        "of right ones"
+    )
 
 
 def _ingest(kb: KnowledgeBase, paths: list[str]) -> int:
@@ -120,7 +235,8 @@ def _print_hits(hits: list[Hit], threshold: float) -> int:
 def _format_hit(rank: int, hit: Hit, threshold: float) -> str:
     # Mark what the bot would not speak, which is what one checks when tuning VOICEBOT_KB_THRESHOLD.
     note = "" if hit.score >= threshold else f"  (below threshold {threshold:.2f})"
-    return f"{rank}. {hit.score:.3f}  {hit.question}{note}\n   {hit.answer}"
+    parts = f"[vector {hit.vector_score:.3f}, lexical {hit.lexical_score:.3f}]"
+    return f"{rank}. {hit.score:.3f}  {hit.question}{note}\n   {hit.answer}  {parts}"
 
 
 def _truncate(text: str, width: int) -> str:
@@ -214,6 +330,8 @@ def _through_server(settings: Settings, args: argparse.Namespace, locked: Knowle
         if args.kb_command == "list":
             body = client.get("/api/kb/entries")
             return _print_entries([_from_json(Entry, entry) for entry in body["entries"]])
+        if args.kb_command == "calibrate":
+            return _calibrate(_RemoteKnowledgeBase(client), settings, args)
         body = client.get("/api/kb/search", {"q": args.text, "k": args.k})
         return _print_hits([_from_json(Hit, hit) for hit in body["hits"]], float(body["threshold"]))
     except ApiError as exc:
@@ -222,6 +340,25 @@ def _through_server(settings: Settings, args: argparse.Namespace, locked: Knowle
     except (KeyError, TypeError, ValueError) as exc:
         print(f"error: unexpected answer from the server at {client.base_url}: {exc!r}", file=sys.stderr)
         return 1
+
+
+@dataclass(frozen=True)
+class _RemoteKnowledgeBase:
+    """The server's knowledge base, for `calibrate`: its hits carry the vector and lexical scores the
+    calibration replays, so it runs the same through the API as in-process."""
+
+    client: ApiClient
+
+    def entries(self) -> list[Entry]:
+        return [_from_json(Entry, entry) for entry in self.client.get("/api/kb/entries")["entries"]]
+
+    def search(self, text: str, k: int = 3) -> list[Hit]:
+        hits = [
+            _from_json(Hit, hit) for hit in self.client.get("/api/kb/search", {"q": text, "k": k})["hits"]
+        ]
+        if hits and all(hit.vector_score == 0.0 and hit.lexical_score == 0.0 for hit in hits):
+            raise ApiError("the server's hits have no vector and lexical scores: update the server")
+        return hits
 
 
 def _from_json(cls: type[_Row], data: dict[str, Any]) -> _Row:
