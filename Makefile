@@ -40,10 +40,13 @@ $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
 
 # torch first: the local CPU build, so nothing pulls the multi-GB CUDA wheels.
+# llama-cpp-python compiles llama.cpp (no wheel for it here): CPU only, without the multimodal
+# library we don't use, on every core. pip caches the wheel, so this happens once per machine.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(BIN)/pip install -q -e ".[test]"
 	touch $@
 
 clean:

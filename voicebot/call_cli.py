@@ -77,7 +77,9 @@ async def _standalone(settings: Settings, target: str, timeout: float, ring_time
     from voicebot.server import configure_logging
     from voicebot.sip_app import SipService
 
-    configure_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
+    configure_logging(
+        "WARNING" if settings.log_level.upper() == "INFO" else settings.log_level, settings.pii_redact
+    )
     print("no server running: loading the models here (about 10 s)", file=sys.stderr, flush=True)
     res = await asyncio.to_thread(load_resources, settings)
     service = SipService(res)

@@ -152,10 +152,21 @@ def _call_header(call: CallDetail) -> list[str]:
     return [f"Call {call.id}"] + [f"  {name:<13}{value}" for name, value in fields]
 
 
+def _intent(turn: Turn) -> str:
+    if not turn.intent:
+        return "-"
+    confidence = "" if turn.intent_confidence is None else f" ({turn.intent_confidence:.2f})"
+    return turn.intent + confidence
+
+
 def _turn_lines(turn: Turn) -> list[str]:
     fields = [
         ("caller", _one_line(turn.caller_text)),
         ("bot", _one_line(turn.bot_text)),
+        ("why", _one_line(turn.reason) if turn.reason else "-"),
+        ("intent", _intent(turn)),
+        ("sentiment", "-" if turn.sentiment is None else f"{turn.sentiment:+.2f}"),
+        ("slots", ", ".join(f"{k}={v}" for k, v in sorted(turn.slots.items())) or "-"),
         ("retrieved", format_hits(turn.retrieved)),
         ("dtmf", turn.dtmf or "-"),
         ("interrupted", "yes (barge-in)" if turn.interrupted else "no"),

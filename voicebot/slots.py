@@ -196,6 +196,8 @@ def looks_like_phone(run: DigitRun) -> bool:
     digits = run.digits
     if run.plus or digits.startswith("00"):
         return 8 <= len(digits.lstrip("0")) <= 15
+    if [len(t) for t in run.tokens] == [3, 4] and digits[0] not in "01":
+        return True  # a local NANP number, 867-5309: ASR often loses the area code
     return len(digits) == 10 or (len(digits) == 11 and digits[0] in "01")
 
 

@@ -49,6 +49,19 @@ MALFORMED_LOG_MAX: Final = 5
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why the application turns an incoming call away: a SIP status and when to try again."""
+
+    status: int
+    retry_after_s: int
+    reason: str
+
+
+#: Decides whether an incoming call may start (from its caller and source); None admits it.
+Admission = Callable[[SipCall], "Refusal | None"]
+
+
+@dataclass(frozen=True)
 class SipConfig:
     host: str = "127.0.0.1"
     port: int = 5060
@@ -144,10 +157,12 @@ class SipGateway(asyncio.DatagramProtocol):
         config: SipConfig,
         on_call: CallHandler,
         can_accept: Callable[[], bool] = lambda: True,
+        admit: Admission = lambda _call: None,
     ) -> None:
         self.config = config
         self._on_call = on_call
         self._can_accept = can_accept
+        self._admit = admit
         self._guard = Guard(parse_networks(config.allow), config.invite_rate, config.invite_burst)
         self._agent: SipAgent | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -315,6 +330,13 @@ class SipGateway(asyncio.DatagramProtocol):
         if self.active_calls >= self.config.max_calls or not self._can_accept():
             log.warning("SIP: refusing call %s from %s: at capacity", call.call_id, call.remote.uri)
             agent.reject(call, 486, self._now(), headers=(("Retry-After", "30"),))
+            self._pump()
+            return
+        refusal = self._admit(call)
+        if refusal is not None:
+            log.warning("SIP: refusing call %s from %s: %s", call.call_id, call.remote.uri, refusal.reason)
+            retry = (("Retry-After", str(max(1, refusal.retry_after_s))),)
+            agent.reject(call, refusal.status, self._now(), headers=retry)
             self._pump()
             return
         try:

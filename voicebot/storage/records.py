@@ -13,10 +13,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -25,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -137,6 +138,11 @@ class TurnRow(Base):
     dtmf: Mapped[str] = mapped_column(String(64), default="")
     interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
     latency: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    intent: Mapped[str] = mapped_column(String(64), default="")
+    intent_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sentiment: Mapped[float | None] = mapped_column(Float, nullable=True)
+    slots: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
 
 # --------------------------------------------------------------------------- migrations
@@ -196,10 +202,23 @@ def _migration_2_direction_outcome_transfer(conn: Connection) -> None:
         conn.execute(text(ddl))
 
 
+def _migration_3_turn_decisions(conn: Connection) -> None:
+    json_type = "JSONB" if conn.dialect.name == "postgresql" else "JSON"
+    for ddl in (
+        "ALTER TABLE turns ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE turns ADD COLUMN intent VARCHAR(64) NOT NULL DEFAULT ''",
+        "ALTER TABLE turns ADD COLUMN intent_confidence FLOAT",
+        "ALTER TABLE turns ADD COLUMN sentiment FLOAT",
+        f"ALTER TABLE turns ADD COLUMN slots {json_type} NOT NULL DEFAULT '{{}}'",
+    ):
+        conn.execute(text(ddl))
+
+
 # Append only; never edit or reorder an entry that has shipped.
 MIGRATIONS: list[Migration] = [
     Migration(1, "calls and turns", _migration_1_calls_and_turns),
     Migration(2, "call direction, outcome and transfer", _migration_2_direction_outcome_transfer),
+    Migration(3, "turn reason, intent, sentiment and slots", _migration_3_turn_decisions),
 ]
 
 _version_md = MetaData()
@@ -329,6 +348,11 @@ class Turn:
     dtmf: str
     interrupted: bool
     latency: dict[str, Any]
+    reason: str = ""
+    intent: str = ""
+    intent_confidence: float | None = None
+    sentiment: float | None = None
+    slots: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,14 +419,30 @@ def _turn(row: TurnRow) -> Turn:
         dtmf=row.dtmf,
         interrupted=row.interrupted,
         latency=dict(row.latency or {}),
+        reason=row.reason or "",
+        intent=row.intent or "",
+        intent_confidence=row.intent_confidence,
+        sentiment=row.sentiment,
+        slots=dict(row.slots or {}),
     )
 
 
-class Records:
-    """Calls and their turns. Construct once per process; migrates the schema on start."""
+class Redacts(Protocol):
+    def redact(self, text: str) -> str: ...
 
-    def __init__(self, url: str, *, run_migrations: bool = True) -> None:
+    def redact_obj(self, obj: Any) -> Any: ...
+
+
+class Records:
+    """Calls and their turns. Construct once per process; migrates the schema on start.
+
+    With a `redactor`, turn texts, retrieved passages and slots are masked before they are written,
+    so the database never holds the personal data a caller spoke.
+    """
+
+    def __init__(self, url: str, *, run_migrations: bool = True, redactor: Redacts | None = None) -> None:
         self.url = url
+        self.redactor = redactor
         self.engine = create_records_engine(url)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}))
@@ -541,6 +581,11 @@ class Records:
         dtmf: str = "",
         interrupted: bool = False,
         latency: Mapping[str, Any] | None = None,
+        reason: str = "",
+        intent: str = "",
+        intent_confidence: float | None = None,
+        sentiment: float | None = None,
+        slots: Mapping[str, Any] | None = None,
     ) -> int:
         """Append a turn and return its row id. `index` defaults to the call's next turn number.
 
@@ -558,13 +603,18 @@ class Records:
                 call_id=call_id,
                 index=index,
                 started_at=_moment(started_at),
-                caller_text=caller_text,
-                bot_text=bot_text,
+                caller_text=self._clean(caller_text),
+                bot_text=self._clean(bot_text),
                 route=route,
-                retrieved=_retrieved_json(retrieved),
+                retrieved=self._clean_obj(_retrieved_json(retrieved)),
                 dtmf=dtmf,
                 interrupted=interrupted,
                 latency=dict(latency or {}),
+                reason=self._clean(reason),
+                intent=intent,
+                intent_confidence=intent_confidence,
+                sentiment=sentiment,
+                slots=self._clean_obj(dict(slots or {})),
             )
             session.add(row)
             session.flush()
@@ -592,13 +642,13 @@ class Records:
             if row is None:
                 raise KeyError(turn_id)
             if caller_text is not None:
-                row.caller_text = caller_text
+                row.caller_text = self._clean(caller_text)
             if bot_text is not None:
-                row.bot_text = bot_text
+                row.bot_text = self._clean(bot_text)
             if route is not None:
                 row.route = route
             if retrieved is not None:
-                row.retrieved = _retrieved_json(retrieved)
+                row.retrieved = self._clean_obj(_retrieved_json(retrieved))
             if dtmf is not None:
                 row.dtmf = dtmf
             if interrupted is not None:
@@ -606,6 +656,12 @@ class Records:
             if latency:
                 # A new dict object: the JSON column does not track in-place mutation.
                 row.latency = {**(row.latency or {}), **latency}
+
+    def _clean(self, text: str) -> str:
+        return self.redactor.redact(text) if self.redactor and text else text
+
+    def _clean_obj(self, obj: Any) -> Any:
+        return self.redactor.redact_obj(obj) if self.redactor else obj
 
     # ----------------------------------------------------------------- reading
 
