@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import os
 import statistics
@@ -76,7 +77,9 @@ async def hung_server() -> tuple[asyncio.AbstractServer, int]:
     """Accepts connections and never answers: a wedged LLM server."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(3600)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]

@@ -47,6 +47,8 @@ GOODBYE = "Thank you for calling. Goodbye!"
 THANKS = "You're welcome. Is there anything else I can help you with?"
 DECLINED = "All right. What else can I help you with?"
 NOTHING_TO_REPEAT = "I haven't said anything yet. How can I help you today?"
+WAIT = "Sure, take your time. I'm here when you're ready."
+START_OVER = "All right, let's start over. How can I help you?"
 LLM_FALLBACK = (
     "I'm sorry, I can't answer that right now. Would you like me to connect you with a human agent?"
 )
@@ -187,7 +189,7 @@ class Brain:
     def phrases(self) -> list[str]:
         """Fixed replies, so the TTS cache can hold them ready."""
         fixed = [NO_ANSWER, HANDOFF, HANDOFF_AFTER_FAILURES, HANDOFF_FAILED, EMPATHY, EMPATHY_STRONG]
-        fixed += [GOODBYE, THANKS, DECLINED, NOTHING_TO_REPEAT, LLM_FALLBACK]
+        fixed += [GOODBYE, THANKS, DECLINED, NOTHING_TO_REPEAT, LLM_FALLBACK, WAIT, START_OVER]
         return fixed + list(SLOT_QUESTIONS.values())
 
     # ------------------------------------------------------------------ control intents
@@ -212,6 +214,14 @@ class Brain:
             return Decision("goodbye", "caller said goodbye", GOODBYE, end_call=True)
         if name == "thanks":
             return Decision("thanks", "caller said thanks", THANKS)
+        if name == "wait":
+            return Decision("wait", "caller asked the bot to wait", WAIT)
+        if name == "start_over":
+            memory.slots.clear()
+            memory.extra.clear()
+            return Decision(
+                "start_over", "caller asked to start over: slots and pending questions cleared", START_OVER
+            )
         return None
 
     # ------------------------------------------------------------------ answers
