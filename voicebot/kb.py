@@ -963,7 +963,8 @@ _SETTING_OF = {
     "lexical_weight": "kb_lexical_weight",
 }
 # The values calibrated on voicebot/demo/calibration.csv with MiniLM; Settings' defaults should match.
-DEFAULT_THRESHOLDS = {"answer": 0.595, "related": 0.51, "clarify_margin": 0.08, "lexical_weight": 0.0}
+# The same values as the settings' defaults (voicebot/config.py), for settings objects without them.
+DEFAULT_THRESHOLDS = {"answer": 0.57, "related": 0.46, "clarify_margin": 0.15, "lexical_weight": 0.1}
 # Other embedders score on other scales (e5's cosines crowd into 0.75..0.95), so the Settings defaults
 # do not fit them: their own calibration on the same file stands in until `voicebot kb calibrate` runs.
 BUILTIN_THRESHOLDS = {

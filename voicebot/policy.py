@@ -81,7 +81,10 @@ SLOT_NAMES = {
 _SPELLED_SLOTS = frozenset({"order_number", "account_number", "reference_number", "phone_number"})
 _ACKNOWLEDGED = frozenset(_SPELLED_SLOTS | {"name"})
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
-_ORDINAL = {"first": 0, "one": 0, "second": 1, "two": 1, "other": 1, "last": 1, "latter": 1, "former": 0}
+# Checked in this order: "the second one" is the second choice, whatever "one" says.
+_ORDINAL = (("second", 1), ("other", 1), ("latter", 1), ("last", 1), ("first", 0), ("former", 0))
+_ORDINAL_WEAK = (("two", 1), ("one", 0))
+_PICK_MAX_WORDS = 6  # a longer reply is a new question, not a pick
 
 
 @dataclass(frozen=True)
@@ -315,14 +318,20 @@ class Brain:
         choices = memory.extra.pop("clarify", None)
         if not choices:
             return None
-        words = set(_norm(text).split())
-        for word, index in _ORDINAL.items():
+        said = _norm(text).split()
+        if len(said) > _PICK_MAX_WORDS:
+            return None  # a new question, not a pick
+        words = set(said)
+        for word, index in _ORDINAL:
             if word in words:
                 return _HitView(**choices[index])
-        # The caller repeated words of one choice more than of the other.
+        # The caller repeated words of one choice more than of the other ("the PIN code one").
         overlap = [len(words & set(_norm(c["question"]).split()) - _STOP) for c in choices]
         if overlap[0] != overlap[1] and max(overlap) >= 1:
             return _HitView(**choices[overlap.index(max(overlap))])
+        for word, index in _ORDINAL_WEAK:
+            if word in words:
+                return _HitView(**choices[index])
         return None
 
     def _with_context(
@@ -370,9 +379,10 @@ class Brain:
         return embed(text) if embed else None
 
     def _shares_embedder(self) -> bool:
-        return self.intents.embedder_name is not None and self.intents.embedder_name == getattr(
-            self.kb, "embedder_name", None
-        )
+        from voicebot.embeddings import embedder_name
+
+        ours = self.intents.embedder_name
+        return ours is not None and ours == embedder_name(getattr(self.kb, "embedder", None))
 
 
 def settle(memory: Memory, route: str, reply: str) -> None:

@@ -94,8 +94,18 @@ def load_llm(settings: Settings) -> Any:
         return None
 
 
-def load_brain(settings: Settings, kb: Any, llm_enabled: bool) -> Brain:
+def load_intents(model: Path | None, kb: Any, threshold: float) -> Any:
+    """The intent classifier, sharing the knowledge base's embedder when the model was trained with
+    the same one (then a turn embeds its text once, for both)."""
     from voicebot.intents import IntentClassifier
+
+    try:
+        return IntentClassifier.load(model, embedder=kb.embedder, threshold=threshold)
+    except ValueError:
+        return IntentClassifier.load(model, threshold=threshold)
+
+
+def load_brain(settings: Settings, kb: Any, llm_enabled: bool) -> Brain:
     from voicebot.kb import load_thresholds
     from voicebot.policy import Thresholds
 
@@ -104,7 +114,7 @@ def load_brain(settings: Settings, kb: Any, llm_enabled: bool) -> Brain:
         if settings.intents_model
         else settings.data_dir / "intents" / "model.joblib"
     )
-    intents = IntentClassifier.load(model if model.exists() else None, threshold=settings.intent_threshold)
+    intents = load_intents(model if model.exists() else None, kb, settings.intent_threshold)
     found = load_thresholds(settings)
     log.info(
         "retrieval thresholds (%s): answer %.3f, related %.3f, clarify margin %.3f",
