@@ -324,8 +324,16 @@ def server_log_tail(server: ServerProcess) -> str:
 # --------------------------------------------------------------------------- 1. CLI, answered
 
 
-@pytest.mark.timeout(60)
-def test_cli_call_answered_by_an_echo_peer_is_recorded(server: ServerProcess, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server for the echo peer: the bot hears its own greeting back, cannot answer it, and after
+    two such turns would hand off by REFER, which sipp's uas scenario aborts on (without a BYE)."""
+    yield from serve_for_tests(tmp_path_factory, "echo-server", {"VOICEBOT_HANDOFF_AFTER_FAILURES": "99"})
+
+
+@pytest.mark.timeout(90)
+def test_cli_call_answered_by_an_echo_peer_is_recorded(echo_server: ServerProcess, tmp_path: Path) -> None:
+    server = echo_server
     with SippUas(run_dir=tmp_path, scenario="uas_echo_bye.xml", rtp_echo=True, hold_ms=4000) as uas:
         to = uas.uri("alice")
         started = time.monotonic()
