@@ -70,9 +70,7 @@ def caller_turns(detail: CallDetail) -> list[Any]:
     return [t for t in detail.turns if t.caller_text.strip()]
 
 
-async def converse(
-    url: str, lines: list[str | Speech], call_sid: str | None = None, **kw: Any
-) -> TwilioCall:
+async def converse(url: str, lines: list[str | Speech], call_sid: str | None = None, **kw: Any) -> TwilioCall:
     """Place a call, wait out the greeting, say each line and wait for each reply."""
     async with TwilioCall(url, call_sid=call_sid, **kw) as call:
         await call.hear_greeting(timeout=GREETING_TIMEOUT_S)

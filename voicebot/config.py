@@ -87,8 +87,9 @@ class Settings(BaseSettings):
         2, description="Consecutive turns the bot could not answer before it hands the call to a human."
     )
     memory_ttl_secs: int = Field(
-        3600, description="How long a call's dialogue memory (context and slots) lives in Redis after its "
-        "last turn."
+        3600,
+        description="How long a call's dialogue memory (context and slots) lives in Redis after its "
+        "last turn.",
     )
     memory_turns: int = Field(6, description="Exchanges of context kept per call.")
     secret_key: str = Field(
