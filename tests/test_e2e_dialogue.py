@@ -150,17 +150,18 @@ async def test_two_failed_turns_in_a_row_hand_the_call_to_a_human(server: Server
 
 @pytest.mark.timeout(200)
 async def test_explicit_request_and_anger_are_handoffs_with_reasons(server: ServerProcess) -> None:
-    call = await converse(server.ws_url, ["This is ridiculous, the worst service ever, I am furious!"])
+    # No commas: a pause there can split the rant into two turns.
+    call = await converse(server.ws_url, ["This is ridiculous and I am furious about your terrible service"])
     detail = await wait_turns(server, call.call_sid, 1)
-    (turn,) = caller_turns(detail)
-    assert turn.route == "handoff" and "sentiment" in turn.reason, summary(detail)
-    assert turn.sentiment is not None and turn.sentiment <= -0.6, summary(detail)
-    assert turn.bot_text.lower().startswith("i'm really sorry"), summary(detail)
+    angry = [t for t in caller_turns(detail) if t.route == "handoff"]
+    assert angry and "sentiment" in angry[0].reason, summary(detail)
+    assert angry[0].sentiment is not None and angry[0].sentiment <= -0.6, summary(detail)
+    assert angry[0].bot_text.lower().startswith("i'm really sorry"), summary(detail)
 
     call = await converse(server.ws_url, ["Can I speak to a real person please?"])
     detail = await wait_turns(server, call.call_sid, 1)
-    (turn,) = caller_turns(detail)
-    assert turn.route == "handoff" and turn.intent == "human", summary(detail)
+    asked = [t for t in caller_turns(detail) if t.route == "handoff" and t.intent == "human"]
+    assert asked, summary(detail)
 
 
 # --------------------------------------------------------------------------- PII
