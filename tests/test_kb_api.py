@@ -9,6 +9,7 @@ also checked in process, without the server.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -185,7 +186,9 @@ def test_cli_search_through_the_server(
     lines = search.stdout.splitlines()
     assert len(lines) == 4, search.stdout
     assert lines[0].startswith("1. 0.") and lines[0].endswith("Do you offer gift wrapping?"), search.stdout
-    assert lines[1].strip() == "Yes, tick gift wrap at checkout; it costs three dollars per item."
+    answer, _, scores = lines[1].strip().partition("  [")
+    assert answer == "Yes, tick gift wrap at checkout; it costs three dollars per item.", search.stdout
+    assert re.fullmatch(r"vector 0\.\d+, lexical [01]\.\d+\]", scores), search.stdout
     assert lines[2].startswith("2. ")
 
 
