@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -49,6 +50,9 @@ def free_udp_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
+
+#: How the server prints the API key it creates on its first start.
+API_KEY_LINE = re.compile(r"API key \(shown once\): (vb_[A-Za-z0-9_-]+)")
 
 #: Where the test server's handoffs are REFERred to; no one needs to listen there.
 TRANSFER_URI = "sip:agents@127.0.0.1:5999"
@@ -106,6 +110,18 @@ class ServerProcess:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return log_tail(self.log_path, lines)
+
+    @property
+    def api_key(self) -> str:
+        """The admin API key the server printed, once, on its first start (read from its log)."""
+        found = API_KEY_LINE.search(self.log_text())
+        if found is None:
+            raise AssertionError(f"the server printed no API key\n{self.log_tail()}")
+        return found.group(1)
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -167,6 +183,8 @@ def start_server(
     # the limits on for their own server.
     env["VOICEBOT_RATE_LIMIT_NUMBER_PER_MIN"] = "0"
     env["VOICEBOT_RATE_LIMIT_IP_PER_MIN"] = "0"
+    # The test SIP peers (sipp, baresip, ...) listen on loopback; a real deployment names its trunks.
+    env["VOICEBOT_DIAL_ALLOW"] = "127.0.0.1"
     env.update(extra_env or {})
     log_file = log_path.open("wb")
     started = time.monotonic()

@@ -10,10 +10,12 @@ import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+import voicebot.kb as kb_module
 from voicebot.embeddings import Embedder, lazy_embedder, load_embedder
 from voicebot.kb import (
     DEMO_FAQ,
@@ -179,6 +181,143 @@ def test_reingest_replaces_the_files_entries(kb: KnowledgeBase, tmp_path: Path) 
     # A file that cannot be read any more leaves its stored entries alone.
     path.unlink()
     assert kb.ingest([path]).errors and kb.count() == demo_count + 1
+
+
+# ---------------------------------------------------------------- re-ingest without losing entries
+
+FAQ3 = """
+question,answer,category
+Do you sell gift wrap?,Yes. Choose gift wrap at checkout.,orders
+Do you have a loyalty program?,Yes. Every order earns points.,account
+Can I pay by invoice?,"Yes, with a business account.",payment
+"""
+
+
+def test_reingest_with_bad_rows_keeps_the_entries_stored_before(kb: KnowledgeBase, tmp_path: Path) -> None:
+    path = write(tmp_path / "faq.csv", FAQ3)
+    assert kb.ingest([path]).added == {str(path): 3}
+    before = kb.entries()
+
+    path.write_text(
+        "question,answer,category\nDo you sell gift wrap?,No longer.,orders\nBroken row,,x\n,y,z\n"
+    )
+    report = kb.ingest([path])
+    assert [str(e) for e in report.errors] == [
+        "faq.csv:3: missing answer",
+        "faq.csv:4: missing question",
+        "faq.csv: not replaced: 2 bad rows; the 3 entries stored before are kept",
+    ]
+    assert report.added == {} and report.kept == {str(path): 3} and not report.complete
+    assert kb.entries() == before
+    assert kb.search("gift wrapping", k=1)[0].answer == "Yes. Choose gift wrap at checkout."
+
+    # Every row bad, a CSV the reader gives up on half-way, a file that is not text: the same.
+    path.write_text("question,answer\nNo answer?,\nonly one column\n")
+    assert "not replaced: 2 bad rows" in str(kb.ingest([path]).errors[-1])
+    path.write_text("question,answer\nA question?,An answer.\n" + "x" * 200_000 + ",y\n")
+    report = kb.ingest([path])
+    assert "unreadable CSV, rest of file skipped" in str(report.errors[0])
+    assert str(report.errors[-1]) == "faq.csv: not replaced: 1 bad row; the 3 entries stored before are kept"
+    path.write_bytes(b"question,answer\nDo you ship?,Yes\xff\n")
+    report = kb.ingest([path])
+    assert [str(e) for e in report.errors] == [
+        "faq.csv: not UTF-8 text (invalid start byte at byte 32); the 3 entries stored before are kept"
+    ]
+    assert report.kept == {str(path): 3} and kb.entries() == before
+
+    # Fixed, the file replaces its entries as a whole.
+    path.write_text("question,answer\nDo you sell gift wrap?,No longer.\n")
+    report = kb.ingest([path])
+    assert report.complete and report.added == {str(path): 1} and report.kept == {}
+    assert [e.answer for e in kb.entries()] == ["No longer."]
+
+
+def test_a_first_ingest_stores_the_good_rows_of_a_file_with_bad_ones(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    # Nothing to lose: the good rows go in, the bad ones are reported, nothing is "kept".
+    path = write(tmp_path / "new.csv", "question,answer\nDo you ship to Canada?,Yes.\nBroken,\n")
+    report = kb.ingest([path])
+    assert [str(e) for e in report.errors] == ["new.csv:3: missing answer"]
+    assert report.added == {str(path): 1} and report.kept == {} and not report.complete
+
+
+def test_a_failure_in_the_middle_of_the_insert_keeps_the_old_entries(
+    kb: KnowledgeBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "faq.csv", FAQ3)
+    kb.ingest([path])
+    before = kb.entries()
+    # Inserts of two rows, so the three new entries take two inserts and the second can fail.
+    monkeypatch.setattr(kb_module, "_INSERT_BATCH", 2)
+    # The one fake here: milvus-lite cannot be made to fail on demand, so its insert is wrapped to
+    # fail on the second batch. The first batch really goes in, beside the old entries.
+    real_insert = kb._client.insert
+    stored_when_it_failed: list[int] = []
+
+    def insert_failing_on_the_second_batch(*args: Any, **kwargs: Any) -> Any:
+        if stored_when_it_failed or kb.count() > len(before):
+            stored_when_it_failed.append(kb.count())
+            raise ConnectionResetError("connection reset by peer")
+        return real_insert(*args, **kwargs)
+
+    monkeypatch.setattr(kb._client, "insert", insert_failing_on_the_second_batch)
+    path.write_text(textwrap.dedent(FAQ3).lstrip("\n").replace("earns points", "earns double points"))
+    report = kb.ingest([path])
+
+    assert stored_when_it_failed == [len(before) + 2]
+    assert [str(e) for e in report.errors] == [
+        "faq.csv: not stored: the knowledge base failed while inserting (connection reset by peer); "
+        "the 3 entries stored before are kept"
+    ]
+    assert report.added == {} and report.kept == {str(path): 3}
+    assert kb.entries() == before  # the first batch was taken out again; the old entries untouched
+    assert kb.search("loyalty points", k=1)[0].answer == "Yes. Every order earns points."
+
+    # Once the store works again, the same file replaces them.
+    monkeypatch.setattr(kb._client, "insert", real_insert)
+    assert kb.ingest([path]).added == {str(path): 3}
+    assert kb.count() == 3
+    assert kb.search("loyalty points", k=1)[0].answer == "Yes. Every order earns double points."
+
+
+def test_control_characters_are_refused_with_their_line(kb: KnowledgeBase, tmp_path: Path) -> None:
+    path = tmp_path / "faq.csv"
+    path.write_text(
+        "question,answer,category\n"
+        "Do you sell gift wrap?,Yes.,orders\n"
+        "Is there a NUL here?,Yes\x00 there is.,orders\n"
+        "\x1b[2J\x1b[31mWhat colour is this?,Red.,orders\n"
+        "Where does this link go?,Nowhere.,\x1b]8;;https://evil.example\x07\n"
+        "A C1 control?,Yes\x9b2J.,orders\n"
+        '"Tabs\tand line breaks?","Are fine:\nthey are text.",orders\n',
+        encoding="utf-8",
+    )
+    report = kb.ingest([path])
+    assert [str(e) for e in report.errors] == [
+        "faq.csv:3: control character U+0000 in answer",
+        "faq.csv:4: control character U+001B in question",
+        "faq.csv:5: control character U+001B in category",
+        "faq.csv:6: control character U+009B in answer",
+    ]
+    assert [e.line for e in kb.entries()] == [2, 7]
+    assert kb.entries()[1].answer == "Are fine:\nthey are text."
+
+    guide = tmp_path / "guide.md"
+    guide.write_text("# Help\n\nCall us any time.\n\n# Hours\x07\n\nWe never sleep.\n")
+    report = kb.ingest([guide])
+    assert [str(e) for e in report.errors] == ["guide.md:7: control character U+0007 in question"]
+    assert report.added == {str(guide): 1}
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Plain words.\n\nHidden\x1b[8m words.\n")
+    assert [str(e) for e in kb.ingest([notes]).errors] == [
+        "notes.txt:3: control character U+001B in question"
+    ]
+    header = tmp_path / "header.csv"
+    header.write_text("question,answer,\x1b[8mhidden\nQ?,A.,x\n")
+    assert [str(e) for e in kb.ingest([header]).errors] == [
+        "header.csv:1: control character U+001B in the header"
+    ]
 
 
 def test_other_dimension_is_refused(kb: KnowledgeBase) -> None:

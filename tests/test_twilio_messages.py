@@ -119,9 +119,9 @@ def test_parse_accepts_numeric_counters() -> None:
 
 
 def test_optional_fields_default() -> None:
-    bare_start = '{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1","accountSid":"AC1"}}'
+    bare_start = f'{{"event":"start","start":{{"streamSid":"{SID}","callSid":"{CALL}","accountSid":"{ACCOUNT}"}}}}'
     start = parse_message(bare_start)
-    assert start == Start(stream_sid="MZ1", call_sid="CA1", account_sid="AC1")
+    assert start == Start(stream_sid=SID, call_sid=CALL, account_sid=ACCOUNT)
     bare_media = '{"event":"media","streamSid":"MZ1","media":{"payload":""}}'
     assert parse_message(bare_media) == Media(stream_sid="MZ1", payload=b"")
     assert parse_message('{"event":"stop","streamSid":"MZ1"}') == Stop(stream_sid="MZ1")

@@ -12,10 +12,14 @@ Knowledge base:
     * else the file name when it is an absolute path (`curl -F "files=@faq.csv;filename=/srv/faq.csv"`);
     * else `DATA_DIR/uploads/NAME`, so uploading `faq.csv` again replaces the earlier upload.
   Errors name the file, as the CLI does: `faq.csv:7: missing answer`. A bad row or an unsupported
-  file type is reported in `errors` and the other rows and files are stored all the same. The whole
-  request body may be at most `MAX_UPLOAD_BYTES` (10 MiB; more is refused with 413), with at most
-  `MAX_UPLOAD_FILES` (100) files. Answers `{"added": {source: entries}, "errors": [...], "entries":
-  total}`, errors in file order, and then synthesizes the new answers into the phrase cache in the
+  file type is reported in `errors` and the other files are stored all the same. A file with a bad
+  row (or one that cannot be read at all) does not replace the entries it stored before: they stay,
+  `kept` counts them, and an error says so (`faq.csv: not replaced: 2 bad rows; the 3 entries stored
+  before are kept`); a file that had no entries stores its good rows. The whole request body may be
+  at most `MAX_UPLOAD_BYTES` (10 MiB; more is refused with 413), with at most `MAX_UPLOAD_FILES`
+  (100) files. Answers `{"added": {source: entries}, "errors": [...], "entries": total, "kept":
+  {source: entries}}`, errors in file order: 200 when every file was stored whole, 422 (the same
+  body) when any file or row was not. Then synthesizes the new answers into the phrase cache in the
   background.
 - `GET /api/kb`: `{"uri", "collection", "entries"}`, where the knowledge base lives (the CLI checks
   that a server holds the knowledge base it wants before it goes through it).
@@ -29,26 +33,28 @@ Calls (the SIP dialer):
   instead of `VOICEBOT_SIP_RING_TIMEOUT_SECS`): place an outbound SIP call (directly, or through
   `VOICEBOT_SIP_PROXY`); the bot runs the usual dialogue once it is answered. Answers 202
   with the call's status (below); 400 for a bad URI, 503 when the SIP gateway is off or at capacity.
+  The target's host must be on `VOICEBOT_DIAL_ALLOW` (host names, `*.domain` wildcards, IPs, CIDRs)
+  or, with a proxy, be the proxy's host; empty and no proxy, every call is refused. The bot's own
+  SIP port, link-local, cloud metadata, unspecified, multicast and broadcast addresses are refused
+  whatever the list says, by literal host and by resolved address. A refusal is 400 with the
+  reason in `detail`.
 - `GET /api/calls/{call_id}`: `{"call_id", "to", "direction", "status", "outcome", "reason"}`.
   `status` moves calling -> ringing -> answered -> ended; once ended, `outcome` is one of answered,
   busy, no-answer, rejected, failed. Calls placed before a restart are read from the records.
 - `DELETE /api/calls/{call_id}`: hang up a call this server placed (CANCEL while it rings, BYE once
   answered). Answers its status; 404 for a call it is not running.
 
-Errors are JSON, `{"detail": "..."}`: 503 while the server is still starting (or failed to start),
-403 for a client that is not on this machine, 413 for too large a body, 400 for a malformed one.
+Errors are JSON, `{"detail": "..."}`: 401 without a valid API key, 503 while the server is still
+starting (or failed to start), 413 for too large a body, 400 for a malformed one.
 
-Access: these endpoints change and reveal the knowledge base and have no authentication yet, so
-they answer loopback clients only (127.0.0.0/8 and ::1, as the server sees the peer address) and
-every other client gets 403. A reverse proxy on the same machine makes every client look local
-unless it sends `X-Forwarded-For` (uvicorn trusts that header from 127.0.0.1 by default), so do not
-expose /api through a proxy that does not.
+Access: every endpoint needs an API key (`Authorization: Bearer <key>`, see voicebot.auth), from
+every client: loopback is not a credential. The server creates and prints one key on its first
+start; `voicebot keys create/list/revoke` manages them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import posixpath
 import shutil
@@ -59,9 +65,11 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.types import Message, Receive
 
+from voicebot.auth import require_api_key
 from voicebot.kb import SUPPORTED_SUFFIXES, KnowledgeBase, RowError, unsupported_type
 
 if TYPE_CHECKING:
@@ -74,30 +82,7 @@ MAX_UPLOAD_FILES = 100
 MAX_SEARCH_HITS = 16_384  # a Milvus search's limit
 
 
-def _client_is_local(request: Request) -> None:
-    host = request.client.host if request.client else None
-    if not is_loopback(host):
-        raise HTTPException(
-            403,
-            f"the /api endpoints have no authentication yet and answer clients on this machine only "
-            f"(127.0.0.1 or ::1); {host or 'an unknown address'} is not one",
-        )
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether a peer address is loopback: 127.0.0.0/8, ::1, or 127.x mapped into IPv6."""
-    if not host:
-        return False
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-router = APIRouter(prefix="/api", dependencies=[Depends(_client_is_local)])
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
 
 
 def _resources(request: Request) -> Resources:
@@ -167,10 +152,14 @@ _INGEST_BODY = {
 }
 
 
-@router.post("/kb/ingest", openapi_extra=_INGEST_BODY)
-async def kb_ingest(request: Request, res: Ready) -> dict[str, Any]:
+@router.post(
+    "/kb/ingest",
+    openapi_extra=_INGEST_BODY,
+    responses={422: {"description": "Some file or row was not stored (or not replaced); the same body."}},
+)
+async def kb_ingest(request: Request, res: Ready) -> JSONResponse:
     # The form is parsed here, not through File()/Form() parameters: FastAPI reads those before it runs
-    # the dependencies, so it would read the whole body of a client that is not local, or while the
+    # the dependencies, so it would read the whole body of a client without a key, or while the
     # server is starting, and it could not refuse too large a body up front.
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
@@ -180,7 +169,7 @@ async def kb_ingest(request: Request, res: Ready) -> dict[str, Any]:
     limited = Request(request.scope, _limit_body(request.receive))
     async with limited.form(max_files=MAX_UPLOAD_FILES, max_fields=MAX_UPLOAD_FILES) as form:
         uploads = _uploads(form, res.settings.data_dir)
-        added, errors = await asyncio.to_thread(_ingest_uploads, res.kb, uploads)
+        added, errors, kept = await asyncio.to_thread(_ingest_uploads, res.kb, uploads)
     entries = await asyncio.to_thread(res.kb.count)
     if any(added.values()):
         _cache_warmer(request).request(res)
@@ -191,14 +180,17 @@ async def kb_ingest(request: Request, res: Ready) -> dict[str, Any]:
         len(errors),
         entries,
     )
-    return {"added": added, "errors": errors, "entries": entries}
+    # 422 and not 200 when anything was left out: a client that only checks the status must not take
+    # a half-stored file, or a re-upload that changed nothing, for success.
+    body = {"added": added, "errors": errors, "entries": entries, "kept": kept}
+    return JSONResponse(body, status_code=422 if errors else 200)
 
 
 def _limit_body(receive: Receive) -> Receive:
     """`receive`, refusing with 413 once the body passes MAX_UPLOAD_BYTES (a body sent without a length).
 
     Not FastAPI's `max_body_size`: that answers a declared length over the limit with a plain-text 413
-    in place of any response, the 403, the 503 and our JSON errors included.
+    in place of any response, the 401, the 503 and our JSON errors included.
     """
     size = 0
 
@@ -275,10 +267,12 @@ def _is_absolute(path: str) -> bool:
 
 def _ingest_uploads(
     kb: KnowledgeBase, uploads: list[tuple[str, UploadFile] | str]
-) -> tuple[dict[str, int], list[str]]:
-    """Ingest the files in order: (entries stored per source, every error in file order)."""
+) -> tuple[dict[str, int], list[str], dict[str, int]]:
+    """Ingest the files in order: (entries stored per source, every error in file order, earlier
+    entries kept per source not replaced)."""
     added: dict[str, int] = {}
     errors: list[str] = []
+    kept: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="voicebot-upload-") as tmp:
         for number, upload in enumerate(uploads):
             if isinstance(upload, str):
@@ -292,8 +286,9 @@ def _ingest_uploads(
             report = kb.ingest_as([(path, source)])
             path.unlink()
             added.update(report.added)
+            kept.update(report.kept)
             errors.extend(str(error) for error in report.errors)
-    return added, errors
+    return added, errors, kept
 
 
 # ---------------------------------------------------------------- phrase cache

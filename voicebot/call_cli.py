@@ -17,6 +17,7 @@ from typing import Any
 
 from voicebot.config import Settings
 from voicebot.kb_cli import ApiClient, ApiError, server_url
+from voicebot.keys_cli import cli_key, drop_cli_key
 
 POLL_SECS = 0.25
 
@@ -31,7 +32,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if health.get("status") != "ok":
             print(f"error: the server at {client.base_url} is still starting; try again", file=sys.stderr)
             return 1
-        return _through_server(client, args.target, args.timeout, args.ring_timeout)
+        key = cli_key(settings)
+        try:
+            return _through_server(
+                ApiClient(client.base_url, key), args.target, args.timeout, args.ring_timeout
+            )
+        finally:
+            drop_cli_key(settings, key)
     return asyncio.run(_standalone(settings, args.target, args.timeout, args.ring_timeout))
 
 
@@ -73,8 +80,8 @@ def _through_server(client: ApiClient, target: str, timeout: float, ring_timeout
 
 
 async def _standalone(settings: Settings, target: str, timeout: float, ring_timeout: float | None) -> int:
+    from voicebot.logs import configure_logging
     from voicebot.resources import close_resources, load_resources
-    from voicebot.server import configure_logging
     from voicebot.sip_app import SipService
 
     configure_logging(

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import logging
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from voicebot.config import Settings
+from voicebot.memory import load_or_create_key
+from voicebot.storage.numbers import NumberVault
 from voicebot.storage.records import CallDetail, CallSummary, Records, Turn
+from voicebot.textsafe import terminal_safe
+
+log = logging.getLogger(__name__)
+
+AUDIT_LOG = "audit.log"  # JSON lines in the data dir: who saw protected data, and why
+MIN_REASON_CHARS = 8
 
 # Pipeline order, so a breakdown reads left to right as the turn happened. JSONB (PostgreSQL) does
 # not keep key order, hence a fixed list; unknown stages follow, sorted.
@@ -29,15 +39,55 @@ TOP_HITS = 3
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    records = Records(settings.resolved_database_url)
+    records = Records(settings.resolved_database_url, numbers=_vault(settings))
     try:
         if args.calls_command == "list":
-            return _list(records, args.n)
+            return _list(records, args.n, getattr(args, "number", "") or "")
         if args.calls_command == "show":
+            if getattr(args, "reveal", False):
+                revealed = _reveal(settings, records, args.call_id, args.reason or "")
+                if revealed is None:
+                    return 1
+                return _show(records, args.call_id, revealed)
             return _show(records, args.call_id)
         return 2
     finally:
         records.close()
+
+
+def _vault(settings: Settings) -> NumberVault:
+    key = load_or_create_key(settings.secret_key, settings.data_dir)
+    return NumberVault(settings.number_storage, key)
+
+
+def _reveal(settings: Settings, records: Records, call_id: str, reason: str) -> tuple[str, str] | None:
+    """The call's numbers in clear, after writing who asked and why to the audit log."""
+    if len(reason.strip()) < MIN_REASON_CHARS:
+        print(
+            f"--reveal needs --reason 'why you need the numbers' (at least {MIN_REASON_CHARS} characters); "
+            "it is written to the audit log",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        numbers = records.reveal_numbers(call_id)
+    except KeyError:
+        print(f"No call with id {call_id!r}.", file=sys.stderr)
+        return None
+    except ValueError as exc:
+        print(f"cannot show the numbers of call {call_id}: {exc}", file=sys.stderr)
+        return None
+    entry = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "who": getpass.getuser(),
+        "action": "reveal call numbers",
+        "call": call_id,
+        "reason": reason.strip(),
+    }
+    with (settings.data_dir / AUDIT_LOG).open("a", encoding="utf-8") as audit:
+        audit.write(json.dumps(entry) + "\n")
+    log.warning("numbers of call %s revealed to %s: %s", call_id, entry["who"], entry["reason"])
+    return numbers
 
 
 # --------------------------------------------------------------------------- formatting helpers
@@ -109,14 +159,14 @@ def _summary_row(call: CallSummary) -> list[str]:
     ]
 
 
-def _list(records: Records, limit: int) -> int:
-    calls = records.list_calls(limit=limit)
+def _list(records: Records, limit: int, number: str = "") -> int:
+    calls = records.list_calls(limit=limit, number=number)
     if not calls:
-        print("No calls recorded yet.")
+        print("No calls recorded yet." if not number else "No calls from or to that number.")
         return 0
     header = ["ID", "GATEWAY", "FROM", "TO", "STARTED (UTC)", "DURATION", "TURNS", "END REASON"]
     for line in _table(header, [_summary_row(c) for c in calls], right={5, 6}):
-        print(line)
+        print(terminal_safe(line))
     return 0
 
 
@@ -129,13 +179,14 @@ def _recording_line(path: str | None) -> str:
     return path if Path(path).exists() else f"{path} (file missing)"
 
 
-def _call_header(call: CallDetail) -> list[str]:
+def _call_header(call: CallDetail, numbers: tuple[str, str] | None = None) -> list[str]:
     ended = "-" if call.ended_at is None else f"{format_time(call.ended_at)} UTC"
+    caller, callee = numbers or (call.from_number, call.to_number)
     fields = [
         ("gateway", call.gateway),
         ("direction", call.direction),
-        ("from", call.from_number or "-"),
-        ("to", call.to_number or "-"),
+        ("from", caller or "-"),
+        ("to", callee or "-"),
         ("stream", call.stream_id or "-"),
         ("started", f"{format_time(call.started_at)} UTC"),
         ("ended", ended),
@@ -176,14 +227,17 @@ def _turn_lines(turn: Turn) -> list[str]:
     return [title] + [f"  {name:<13}{value}" for name, value in fields]
 
 
-def _show(records: Records, call_id: str) -> int:
+def _show(records: Records, call_id: str, numbers: tuple[str, str] | None = None) -> int:
     call = records.get_call(call_id)
     if call is None:
-        print(f"No call with id {call_id!r}. 'voicebot calls list' shows the recorded ids.", file=sys.stderr)
+        print(
+            f"No call with id {terminal_safe(repr(call_id))}. 'voicebot calls list' shows the recorded ids.",
+            file=sys.stderr,
+        )
         return 1
-    lines = _call_header(call)
+    lines = _call_header(call, numbers)
     lines += ["", f"{len(call.turns)} turn(s)" if call.turns else "No turns recorded."]
     for turn in call.turns:
         lines += ["", *_turn_lines(turn)]
-    print("\n".join(lines))
+    print("\n".join(terminal_safe(line) for line in lines))
     return 0

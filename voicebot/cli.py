@@ -28,6 +28,13 @@ def _build_parser() -> argparse.ArgumentParser:
     search = kb_sub.add_parser("search", help="Show the top hits for a text, with scores.")
     search.add_argument("text")
     search.add_argument("-k", type=int, default=5, help="How many hits (default 5).")
+    export = kb_sub.add_parser(
+        "export",
+        help="Write every entry to a CSV file (question,answer,source,line,metadata...).",
+        description="Cells a spreadsheet would run as a formula (starting with =, +, -, @) are written "
+        "with a leading ' so opening the file runs nothing.",
+    )
+    export.add_argument("path", metavar="FILE.csv", help="Where to write; - for stdout.")
     from voicebot.kb_cli import add_calibrate_parser
 
     add_calibrate_parser(kb_sub)
@@ -40,8 +47,22 @@ def _build_parser() -> argparse.ArgumentParser:
     calls_sub = calls.add_subparsers(dest="calls_command", metavar="ACTION", required=True)
     calls_list = calls_sub.add_parser("list", help="List recent calls.")
     calls_list.add_argument("-n", type=int, default=50, help="How many calls (default 50).")
-    show = calls_sub.add_parser("show", help="Show one call with its turns.")
+    calls_list.add_argument("--number", help="Only calls from or to this number (found by its keyed hash).")
+    show = calls_sub.add_parser("show", help="Show one call with its turns (numbers masked).")
     show.add_argument("call_id")
+    show.add_argument(
+        "--reveal", action="store_true", help="Show the caller and callee numbers in clear (needs --reason)."
+    )
+    show.add_argument("--reason", help="Why the numbers are needed; written to DATA_DIR/audit.log.")
+
+    keys = sub.add_parser("keys", help="Manage the API keys that /api and /docs require.")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys_sub.add_parser("create", help="Create a key and print it (shown only this once).")
+    create.add_argument("name", help="What the key is for, e.g. 'crm integration'.")
+    create.add_argument("--role", default="admin", help="admin (default), supervisor or operator.")
+    keys_sub.add_parser("list", help="List keys (ids, names, roles, state; never the keys themselves).")
+    revoke = keys_sub.add_parser("revoke", help="Revoke a key by its id.")
+    revoke.add_argument("key_id")
 
     call = sub.add_parser(
         "call",
@@ -87,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voicebot import calls_cli
 
         return calls_cli.run(settings, args)
+    if command == "keys":
+        from voicebot import keys_cli
+
+        return keys_cli.run(settings, args)
     return 2
 
 

@@ -22,13 +22,40 @@ class Settings(BaseSettings):
     public_url: str = Field(
         "",
         description="Public base URL (e.g. https://bot.example.com); TwiML points Twilio at "
-        "wss://<its host>/twilio/stream. Empty: the webhook request's Host header is used.",
+        "wss://<its host>/twilio/stream, and Twilio signatures are checked against it. Empty: the "
+        "webhook request's Host header, if ALLOWED_HOSTS lists it.",
+    )
+    allowed_hosts: str = Field(
+        "localhost,127.0.0.1,[::1]",
+        description="Comma-separated Host header values (host or host:port) the TwiML webhook may build "
+        "its wss:// URL from when PUBLIC_URL is empty; any other Host gets 400.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses of reverse proxies whose Forwarded / X-Forwarded-For / "
+        "X-Forwarded-Proto headers are believed. Empty: none, the TCP peer is the client.",
+    )
+    twilio_auth_token: str = Field(
+        "",
+        description="Twilio auth token. Set: the voice webhook and the media stream's upgrade request "
+        "must carry a valid X-Twilio-Signature (403 otherwise).",
+    )
+    resume_window_secs: float = Field(
+        120.0,
+        description="A stream that reconnects a call (same CallSid) resumes its dialogue memory if it "
+        "is signed by Twilio, or, unsigned, comes from the same caller number within this many seconds "
+        "of the earlier stream's abnormal end. 0: only signed streams resume.",
     )
     data_dir: Path = Field(
         Path("./data"),
         description="Where the database, vectors, Redis data, phrase audio cache and recordings live.",
     )
     log_level: str = Field("INFO", description="Python log level.")
+    api_key: str = Field(
+        "",
+        description="API key the CLI sends when it goes through the running server. Empty: the CLI "
+        "creates a temporary key in the database for the command, and revokes it afterwards.",
+    )
 
     # --- stores
     database_url: str = Field("", description="SQLAlchemy URL. Empty: SQLite at DATA_DIR/voicebot.db.")
@@ -96,6 +123,12 @@ class Settings(BaseSettings):
         "",
         description="Fernet key that encrypts dialogue memory at rest in Redis. Empty: DATA_DIR/secret.key "
         "(created on first start). Workers sharing a Redis need the same key.",
+    )
+    number_storage: Literal["encrypt", "hash", "clear"] = Field(
+        "encrypt",
+        description="How caller and callee numbers are stored: 'encrypt' (Fernet under SECRET_KEY; "
+        "`calls show --reveal` shows them), 'hash' (a keyed hash only: searchable, never shown) or "
+        "'clear'. Lists always show them masked.",
     )
     pii_redact: str = Field(
         "phone,card,email,ssn,account",
@@ -188,6 +221,22 @@ class Settings(BaseSettings):
     sip_proxy: str = Field(
         "", description="Outbound proxy / trunk for placed calls (host:port or sip:host:port). Empty: direct."
     )
+    dial_allow: str = Field(
+        "",
+        description="Comma-separated targets the dialer may call: host names, *.example.com wildcards, "
+        "IP addresses and CIDRs (a target's host must match one). With SIP_PROXY, targets at the proxy's "
+        "host are allowed too. Empty and no proxy: every outbound call is refused.",
+    )
+
+    @field_validator("dial_allow")
+    @classmethod
+    def _dial_allow_parses(cls, value: str) -> str:
+        from telephony.sip.dialpolicy import AllowList
+
+        # A typo here would refuse calls at dial time, one by one: fail at start instead.
+        AllowList.parse(value, source="VOICEBOT_DIAL_ALLOW")
+        return value
+
     sip_username: str = Field("", description="Digest username for the trunk's 401/407 challenges.")
     sip_password: str = Field("", description="Digest password for the trunk.")
     sip_from_user: str = Field("bot", description="User part of our From and Contact URIs.")

@@ -3,7 +3,9 @@
 Files go in through `KnowledgeBase.ingest`: CSV (a header with `question,answer`; other columns become
 metadata), Markdown and plain text (chunked along headings and paragraphs to answers that can be spoken).
 Every entry remembers its source file and line, so re-ingesting a file replaces exactly that file's
-entries, and errors can name the line to fix.
+entries, and errors can name the line to fix. A re-ingest replaces a file's entries only when the new
+version parsed without a single bad row and was stored whole; until then the old entries stay, so a
+broken upload cannot empty a working FAQ.
 
 `uri` is a Milvus server URI or a milvus-lite `.db` path. milvus-lite runs inside this process and holds
 an exclusive lock on the `.db` folder until the process exits (or `close()`): a second process, such as
@@ -171,6 +173,13 @@ class RowError:
 class IngestReport:
     added: dict[str, int] = field(default_factory=dict)  # absolute path -> entries now stored
     errors: list[RowError] = field(default_factory=list)
+    # absolute path -> entries stored before and still there, for a file that was not replaced
+    kept: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every file was stored whole: no bad row, no file refused, nothing kept back."""
+        return not self.errors and not self.kept
 
     @property
     def total_added(self) -> int:
@@ -217,7 +226,7 @@ def _checked(source: str, records: list[Record]) -> tuple[list[Record], list[Row
     good: list[Record] = []
     errors: list[RowError] = []
     for record in records:
-        problem = _length_problem(record.question, record.answer)
+        problem = _length_problem(record.question, record.answer) or _control_problem(record)
         if problem:
             errors.append(RowError(source, record.line, problem))
         else:
@@ -230,6 +239,28 @@ def _length_problem(question: str, answer: str) -> str | None:
         return f"question longer than {MAX_QUESTION_BYTES} bytes"
     if len(answer.encode()) > MAX_ANSWER_BYTES:
         return f"answer longer than {MAX_ANSWER_BYTES} bytes"
+    return None
+
+
+# C0 controls but tab, newline and CR; DEL; C1. A NUL breaks whatever hands the text on as a C string
+# (the phrase cache's synthesis failed on every warm-up after one), and an ESC sequence reaches the
+# terminal of whoever lists the entries. Tab, newline and CR are ordinary in a quoted CSV cell.
+_CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_PATH_CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _control_char(text: str) -> str | None:
+    """`text`'s first forbidden control character as U+XXXX, or None."""
+    found = _CONTROL_CHAR.search(text)
+    return f"U+{ord(found.group()):04X}" if found else None
+
+
+def _control_problem(record: Record) -> str | None:
+    cells = {"question": record.question, "answer": record.answer, **record.metadata}
+    for name, value in cells.items():
+        found = _control_char(value) if isinstance(value, str) else None
+        if found:
+            return f"control character {found} in {name}"
     return None
 
 
@@ -263,6 +294,9 @@ def _csv_header(reader: Any) -> list[str]:
     if row is None:
         raise FileRejected("empty file: expected a header line with question,answer columns", line=1)
     header = [name.strip().lower() for name in row]
+    found = next(filter(None, map(_control_char, header)), None)
+    if found:
+        raise FileRejected(f"control character {found} in the header", line=1)
     missing = [name for name in ("question", "answer") if name not in header]
     if missing:
         raise FileRejected(f"header has no {' or '.join(missing)} column (found: {','.join(row)})", line=1)
@@ -281,10 +315,8 @@ def _csv_record(header: list[str], row: list[str], line: int) -> Record | str:
     missing = [name for name, value in (("question", question), ("answer", answer)) if not value]
     if missing:
         return f"missing {' and '.join(missing)}"
-    problem = _length_problem(question, answer)
-    if problem:
-        return problem
-    return Record(question, answer, line, cells)
+    record = Record(question, answer, line, cells)
+    return _length_problem(question, answer) or _control_problem(record) or record
 
 
 # Markdown and text chunking. A block is one paragraph with the heading path above it.
@@ -564,7 +596,7 @@ class KnowledgeBase:
         self.embedder = embedder
         self.embed_mode: EmbedMode = embed_mode
         self.lexical_weight = lexical_weight
-        # One lock around the client: ingest's delete-then-insert must not interleave with a search.
+        # One lock around the client: ingest's insert-then-delete must not interleave with a search.
         self.lock = threading.RLock()
         self._client = _connect(uri)
         self._ensure_collection()
@@ -674,10 +706,13 @@ class KnowledgeBase:
     # -- writing
 
     def ingest(self, paths: Iterable[str | Path]) -> IngestReport:
-        """Store each file's entries, replacing what that file stored before.
+        """Store each file's entries, replacing what that file stored before; other files go on.
 
-        Bad rows are reported and skipped. A whole-file problem (missing, unsupported, bad header)
-        leaves that file's earlier entries in place; other files go on.
+        A file replaces its stored entries only when it parsed without a bad row and all its entries
+        were embedded and inserted; otherwise its earlier entries stay (`IngestReport.kept`) and the
+        errors say why. A file that had no entries stores its good rows, and its bad ones are reported.
+        An insert that fails half-way is undone and reported; an exception from the embedder, or from
+        the store outside the insert, propagates, and no file loses entries to it.
         """
         return self.ingest_as((path, str(Path(path).resolve())) for path in paths)
 
@@ -694,14 +729,28 @@ class KnowledgeBase:
         if len(source.encode()) > MAX_SOURCE_BYTES:
             report.errors.append(RowError(source, None, f"path longer than {MAX_SOURCE_BYTES} bytes"))
             return
+        # Stricter than a cell, not even tab or newline: `_literal` writes C0 controls as JSON escapes
+        # that a Milvus expression rejects, and a path is printed wherever its entries are listed.
+        found = _PATH_CONTROL_CHAR.search(source)
+        if found:
+            message = f"control character U+{ord(found.group()):04X} in the path: rename the file"
+            report.errors.append(RowError(source, None, message))
+            return
         try:
             records, errors = parse_file(path, source)
         except FileRejected as exc:
-            report.errors.append(RowError(source, exc.line, str(exc)))
+            _keep(report, RowError(source, exc.line, str(exc)), len(self._stored_ids(source)))
             return
         report.errors.extend(errors)
-        # Embed before deleting, so a failure here leaves the old entries intact.
+        # A file with bad rows must not replace a complete earlier version: its good rows may be all
+        # that is left of the FAQ. Checked before embedding, which is the slow part, and again below.
+        if errors and self._refuse_partial(source, len(errors), self._stored_ids(source), report):
+            return
         vectors = embed_records(self.embedder, records, self.embed_mode)
+        problem = _vector_problem(records, vectors, self.embedder.dim)
+        if problem:
+            _keep(report, RowError(source, None, f"not stored: {problem}"), len(self._stored_ids(source)))
+            return
         rows = [
             {
                 "vector": vector.tolist(),
@@ -715,11 +764,66 @@ class KnowledgeBase:
             for record, vector in zip(records, vectors, strict=True)
         ]
         with self.lock:
-            self._delete_source(source)
-            for start in range(0, len(rows), _INSERT_BATCH):
-                self._client.insert(self.collection, rows[start : start + _INSERT_BATCH])
+            # Under the lock, so an ingest of the same file meanwhile is either all old or all new here.
+            old = self._stored_ids(source)
+            if errors and self._refuse_partial(source, len(errors), old, report):
+                return
+            # New rows first, then the old ones by id: at no moment is the file missing from the store.
+            try:
+                self._insert(rows)
+            except Exception as exc:
+                self._roll_back(source, old)
+                log.exception("ingest of %s failed while inserting; its earlier entries are kept", source)
+                detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                message = f"not stored: the knowledge base failed while inserting ({detail})"
+                _keep(report, RowError(source, None, message), len(old))
+                return
+            self._delete_ids(old)
             self.refresh()
         report.added[source] = len(rows)
+
+    def _refuse_partial(self, source: str, bad: int, stored: list[int], report: IngestReport) -> bool:
+        """Whether a file with `bad` bad rows is kept from replacing its `stored` entries (and say so)."""
+        if not stored:
+            return False
+        rows = "1 bad row" if bad == 1 else f"{bad} bad rows"
+        _keep(report, RowError(source, None, f"not replaced: {rows}"), len(stored))
+        return True
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), _INSERT_BATCH):
+            self._client.insert(self.collection, rows[start : start + _INSERT_BATCH])
+
+    def _roll_back(self, source: str, old: list[int]) -> None:
+        """Delete what a failed insert stored under `source`, keeping the entries with the `old` ids.
+
+        Found by query rather than from the inserts' answers, which a failed batch does not give.
+        """
+        keep = set(old)
+        self._delete_ids([id_ for id_ in self._stored_ids(source) if id_ not in keep])
+
+    def _stored_ids(self, source: str) -> list[int]:
+        """The primary ids of every entry stored under `source` (any number: paged past the query cap)."""
+        where = f"source == {_literal(source)}"
+        with self.lock:
+            rows = self._client.query(self.collection, filter=where, output_fields=["id"], limit=_QUERY_CAP)
+            if len(rows) < _QUERY_CAP:
+                return [int(row["id"]) for row in rows]
+            # Only past the cap: milvus-lite's iterator logs a warning on every use.
+            iterator = self._client.query_iterator(
+                self.collection, batch_size=_INSERT_BATCH, filter=where, output_fields=["id"]
+            )
+            ids: list[int] = []
+            try:
+                while batch := iterator.next():
+                    ids.extend(int(row["id"]) for row in batch)
+            finally:
+                iterator.close()
+            return ids
+
+    def _delete_ids(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), _INSERT_BATCH):
+            self._client.delete(self.collection, ids=ids[start : start + _INSERT_BATCH])
 
     def remove(self, path: str | Path) -> None:
         """Delete every entry that came from this file."""
@@ -816,6 +920,29 @@ class KnowledgeBase:
     async def search_async(self, text: str, k: int = 3, vector: np.ndarray | None = None) -> list[Hit]:
         """`search` off the event loop thread."""
         return await asyncio.to_thread(self.search, text, k, vector)
+
+
+def _keep(report: IngestReport, error: RowError, stored: int) -> None:
+    """Report a file that was not stored, and the `stored` entries of its earlier version that stay."""
+    if stored:
+        kept = (
+            "the 1 entry stored before is kept"
+            if stored == 1
+            else f"the {stored} entries stored before are kept"
+        )
+        error = RowError(error.source, error.line, f"{error.message}; {kept}")
+        report.kept[error.source] = stored
+    report.errors.append(error)
+
+
+def _vector_problem(records: list[Record], vectors: np.ndarray, dim: int) -> str | None:
+    """What makes the embedder's output unfit to store, or None."""
+    if vectors.shape != (len(records), dim):
+        return f"the embedder gave vectors of shape {vectors.shape} for {len(records)} entries of {dim}"
+    broken = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(broken):
+        return f"the embedder gave a vector that is not finite for line {records[int(broken[0])].line}"
+    return None
 
 
 def _entry(row: dict[str, Any]) -> Entry:

@@ -1,4 +1,8 @@
-"""`voicebot kb ingest|list|search|calibrate`: manage, probe and calibrate the knowledge base from the shell.
+"""`voicebot kb ingest|list|search|export|calibrate`: manage, probe and calibrate the knowledge base.
+
+`export FILE.csv` (`-` for stdout) writes every entry as question,answer,source,line and one column
+per metadata name. Each cell goes through `csv_safe_cell`, so a cell a spreadsheet would run as a
+formula (`=cmd|' /C calc'!A0`) starts with a `'` instead.
 
 `calibrate FILE.csv` (columns text,expected) searches every row, chooses the lexical weight and the
 answer, related and clarify thresholds from the results (`voicebot.kb.calibrate`), prints them with
@@ -6,8 +10,12 @@ the precision and recall behind them, and writes DATA_DIR/kb-thresholds.json, wh
 at start (`voicebot.kb.load_thresholds`).
 
 Exit codes: 0 on success; 1 when the knowledge base cannot be opened, or when `ingest` met any bad
-file or row (the good rows are stored all the same, so a CSV with one typo still loads); 2 for bad
-arguments.
+file or row; 2 for bad arguments. A file with a bad row that is new to the knowledge base stores its
+good rows all the same (so a first CSV with one typo still loads), but one that had entries keeps
+them as they were until it ingests without a bad row: a broken re-upload never empties a FAQ.
+
+Everything printed from stored data goes through `terminal_safe`: an entry cannot send escape
+sequences to the terminal of whoever lists it.
 
 milvus-lite lets one process at a time open the knowledge base. When a running server holds it, the
 commands go through that server's `/api/kb` endpoints instead (VOICEBOT_HTTP_HOST and _PORT say where
@@ -17,6 +25,7 @@ it listens), with the same output and exit codes, and a line on stderr saying so
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -25,10 +34,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 from voicebot.config import Settings
 from voicebot.kb import (
@@ -50,6 +59,8 @@ from voicebot.kb import (
     thresholds_path,
     write_thresholds,
 )
+from voicebot.keys_cli import cli_key, drop_cli_key
+from voicebot.textsafe import csv_safe_cell, terminal_safe
 
 _ANSWER_WIDTH = 60
 _Row = TypeVar("_Row", Entry, Hit)
@@ -97,7 +108,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except KnowledgeBaseLocked as exc:
         return _through_server(settings, args, exc)
     except KnowledgeBaseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal_safe(str(exc))}", file=sys.stderr)
         return 1
     try:
         if args.kb_command == "ingest":
@@ -105,6 +116,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         _load_demo_if_wanted(kb, settings)
         if args.kb_command == "list":
             return _list(kb)
+        if args.kb_command == "export":
+            return _export(kb.entries(), args.path)
         if args.kb_command == "calibrate":
             return _calibrate(kb, settings, args)
         return _search(kb, args.text, args.k, thresholds.answer)
@@ -126,12 +139,12 @@ def _calibrate(kb: _Searchable, settings: Settings, args: argparse.Namespace) ->
         rows = read_calibration_csv(args.path)
     except FileRejected as exc:
         where = f"{args.path}:{exc.line}" if exc.line else str(args.path)
-        print(f"error: {where}: {exc}", file=sys.stderr)
+        print(terminal_safe(f"error: {where}: {exc}"), file=sys.stderr)
         return 1
     try:
         observations = observe(kb, rows)
     except KnowledgeBaseError as exc:
-        print(f"error: {args.path}: {exc}", file=sys.stderr)
+        print(terminal_safe(f"error: {args.path}: {exc}"), file=sys.stderr)
         return 1
     result = calibrate(observations, embedder=settings.embedder, target_precision=args.precision)
     print_calibration(result)
@@ -183,16 +196,22 @@ def print_calibration(result: Calibration) -> None:
 
 def _ingest(kb: KnowledgeBase, paths: list[str]) -> int:
     report = kb.ingest(paths)
-    return _print_ingest(report.added, [str(error) for error in report.errors], kb.count())
+    return _print_ingest(report.added, [str(error) for error in report.errors], kb.count(), report.kept)
 
 
-def _print_ingest(added: dict[str, int], errors: Sequence[str], total: int | None) -> int:
+def _print_ingest(
+    added: dict[str, int], errors: Sequence[str], total: int | None, kept: dict[str, int] | None = None
+) -> int:
     for source, count in added.items():
-        print(f"{_short(source)}: {count} entries")
+        print(terminal_safe(f"{_short(source)}: {count} entries"))
     for error in errors:
-        print(error, file=sys.stderr)
+        print(terminal_safe(error), file=sys.stderr)
     if errors:
-        print(f"{len(errors)} problem(s); the other rows were stored", file=sys.stderr)
+        outcome = "the other rows were stored" if added else "nothing was stored"
+        if kept:
+            files = "1 file was" if len(kept) == 1 else f"{len(kept)} files were"
+            outcome = f"{files} not replaced (the entries stored before are kept); {outcome}"
+        print(f"{len(errors)} problem(s); {outcome}", file=sys.stderr)
     if total is not None:
         print(f"{total} entries in the knowledge base")
     return 1 if errors else 0
@@ -214,9 +233,57 @@ def _print_entries(entries: list[Entry]) -> int:
         return 0
     for entry in entries:
         location = f"{_short(entry.source)}:{entry.line}"
-        print(f"{entry.id:>6}  {location}  {entry.question}  | {_truncate(entry.answer, _ANSWER_WIDTH)}")
+        answer = _truncate(entry.answer, _ANSWER_WIDTH)
+        print(terminal_safe(f"{entry.id:>6}  {location}  {entry.question}  | {answer}"))
     print(f"{len(entries)} entries")
     return 0
+
+
+# Columns of an export before the metadata ones.
+_EXPORT_COLUMNS = ("question", "answer", "source", "line")
+
+
+def _export(entries: list[Entry], target: str) -> int:
+    """Write the entries as CSV to `target` ("-": stdout), every cell through `csv_safe_cell`."""
+    keys = list(dict.fromkeys(key for entry in entries for key in entry.metadata))
+    # A FAQ may have its own "source" or "line" column: it gets a name of its own, not ours.
+    header = [*_EXPORT_COLUMNS, *(f"metadata.{key}" if key in _EXPORT_COLUMNS else key for key in keys)]
+    rows = [
+        [
+            entry.question,
+            entry.answer,
+            entry.source,
+            str(entry.line),
+            *(_cell(entry.metadata.get(key)) for key in keys),
+        ]
+        for entry in entries
+    ]
+    if target == "-":
+        # Shown on a terminal rather than piped on, it is read by a person: no escape sequences either.
+        shown = sys.stdout.isatty()
+        _write_csv(sys.stdout, [header, *rows], terminal_safe if shown else None)
+        return 0
+    try:
+        with open(target, "w", newline="", encoding="utf-8") as f:
+            _write_csv(f, [header, *rows])
+    except OSError as exc:
+        print(terminal_safe(f"error: cannot write {target}: {exc.strerror or exc}"), file=sys.stderr)
+        return 1
+    print(terminal_safe(f"{len(entries)} entries written to {target}"))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _write_csv(out: TextIO, rows: list[list[str]], shown: Callable[[str], str] | None = None) -> None:
+    writer = csv.writer(out)
+    for row in rows:
+        cells = [csv_safe_cell(cell) for cell in row]
+        writer.writerow([shown(cell) for cell in cells] if shown else cells)
 
 
 def _search(kb: KnowledgeBase, text: str, k: int, threshold: float) -> int:
@@ -236,7 +303,8 @@ def _format_hit(rank: int, hit: Hit, threshold: float) -> str:
     # Mark what the bot would not speak, which is what one checks when tuning VOICEBOT_KB_THRESHOLD.
     note = "" if hit.score >= threshold else f"  (below threshold {threshold:.2f})"
     parts = f"[vector {hit.vector_score:.3f}, lexical {hit.lexical_score:.3f}]"
-    return f"{rank}. {hit.score:.3f}  {hit.question}{note}\n   {hit.answer}  {parts}"
+    question, answer = terminal_safe(hit.question), terminal_safe(hit.answer)
+    return f"{rank}. {hit.score:.3f}  {question}{note}\n   {answer}  {parts}"
 
 
 def _truncate(text: str, width: int) -> str:
@@ -260,11 +328,12 @@ _INGEST_TIMEOUT_S = 600.0  # embedding a large file on a busy CPU takes a while
 
 
 class ApiError(Exception):
-    """The server answered with an error status, or not at all."""
+    """The server answered with an error status (`body`: its JSON, if any), or not at all."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, body: Any = None) -> None:
         super().__init__(message)
         self.status = status
+        self.body = body
 
 
 @dataclass(frozen=True)
@@ -272,6 +341,7 @@ class ApiClient:
     """The server's /api/kb endpoints, with the standard library (no proxies: the server is local)."""
 
     base_url: str
+    api_key: str = ""
 
     def get(self, path: str, params: dict[str, Any] | None = None, timeout: float = _READ_TIMEOUT_S) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
@@ -284,22 +354,29 @@ class ApiClient:
         return self._send(request, timeout)
 
     def _send(self, request: urllib.request.Request, timeout: float) -> Any:
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(request, timeout=timeout) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
-            raise ApiError(_error_detail(exc), exc.code) from exc
+            body = _json_body(exc)
+            raise ApiError(_error_detail(exc, body), exc.code, body) from exc
         except (OSError, ValueError) as exc:  # URLError, timeouts and resets are OSErrors
             reason = getattr(exc, "reason", None) or exc
             raise ApiError(f"no answer from the server at {self.base_url}: {reason}") from exc
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
+def _json_body(exc: urllib.error.HTTPError) -> Any:
     try:
-        detail = json.loads(exc.read()).get("detail")
-    except (OSError, ValueError, AttributeError):
-        detail = None
+        return json.loads(exc.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _error_detail(exc: urllib.error.HTTPError, body: Any) -> str:
+    detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list):  # FastAPI's validation errors
         detail = "; ".join(str(item.get("msg", item)) for item in detail if isinstance(item, dict))
     return f"the server answered {exc.code}: {detail or exc.reason}"
@@ -317,28 +394,39 @@ def server_url(settings: Settings) -> str:
 
 def _through_server(settings: Settings, args: argparse.Namespace, locked: KnowledgeBaseLocked) -> int:
     """Run the command through the server that holds the knowledge base, or explain why not."""
-    client = ApiClient(server_url(settings))
+    key = cli_key(settings)
+    try:
+        return _through_server_with(ApiClient(server_url(settings), key), settings, args, locked)
+    finally:
+        drop_cli_key(settings, key)
+
+
+def _through_server_with(
+    client: ApiClient, settings: Settings, args: argparse.Namespace, locked: KnowledgeBaseLocked
+) -> int:
     problem = _server_problem(client, settings)
     if problem is not None:
-        print(f"error: {locked}", file=sys.stderr)
-        print(problem, file=sys.stderr)
+        print(terminal_safe(f"error: {locked}"), file=sys.stderr)
+        print(terminal_safe(problem), file=sys.stderr)
         return 1
     print(f"the server at {client.base_url} holds the knowledge base: going through its API", file=sys.stderr)
     try:
         if args.kb_command == "ingest":
             return _remote_ingest(client, args.paths)
-        if args.kb_command == "list":
+        if args.kb_command in ("list", "export"):
             body = client.get("/api/kb/entries")
-            return _print_entries([_from_json(Entry, entry) for entry in body["entries"]])
+            found = [_from_json(Entry, entry) for entry in body["entries"]]
+            return _print_entries(found) if args.kb_command == "list" else _export(found, args.path)
         if args.kb_command == "calibrate":
             return _calibrate(_RemoteKnowledgeBase(client), settings, args)
         body = client.get("/api/kb/search", {"q": args.text, "k": args.k})
         return _print_hits([_from_json(Hit, hit) for hit in body["hits"]], float(body["threshold"]))
     except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(terminal_safe(f"error: {exc}"), file=sys.stderr)
         return 1
     except (KeyError, TypeError, ValueError) as exc:
-        print(f"error: unexpected answer from the server at {client.base_url}: {exc!r}", file=sys.stderr)
+        message = f"error: unexpected answer from the server at {client.base_url}: {exc!r}"
+        print(terminal_safe(message), file=sys.stderr)
         return 1
 
 
@@ -397,6 +485,7 @@ def _remote_ingest(client: ApiClient, paths: list[str]) -> int:
 
     added: dict[str, int] = {}
     errors: list[str] = []
+    kept: dict[str, int] = {}
     total: int | None = None
     # One file a request: the upload limit is per request, and an error names its file.
     for raw in paths:
@@ -415,18 +504,24 @@ def _remote_ingest(client: ApiClient, paths: list[str]) -> int:
         try:
             answer = client.post("/api/kb/ingest", body, content_type, timeout=_INGEST_TIMEOUT_S)
         except ApiError as exc:
-            if exc.status is not None and exc.status < 500:  # this file's problem; go on with the others
+            if exc.status == 422 and isinstance(exc.body, dict) and "added" in exc.body:
+                # Not all of the file was stored: the answer says what was, and why not the rest.
+                answer = exc.body
+            elif exc.status is not None and exc.status < 500:  # this file's problem; go on with the others
                 errors.append(_file_error(source, str(exc)))
                 continue
-            # The server is gone or failing: report what was stored, and stop.
-            _print_ingest(added, [*errors, _file_error(source, str(exc))], None)
-            return 1
+            else:
+                # The server is gone or failing: report what was stored, and stop.
+                _print_ingest(added, [*errors, _file_error(source, str(exc))], None, kept)
+                return 1
         added.update({str(key): int(value) for key, value in answer["added"].items()})
+        # A server from before `kept` existed does not send it.
+        kept.update({str(key): int(value) for key, value in (answer.get("kept") or {}).items()})
         errors.extend(str(error) for error in answer["errors"])
         total = int(answer["entries"])
     if total is None:  # nothing was sent
         total = int(client.get("/api/kb", timeout=_PROBE_TIMEOUT_S * 5)["entries"])
-    return _print_ingest(added, errors, total)
+    return _print_ingest(added, errors, total, kept)
 
 
 def _file_error(source: str, message: str) -> str:

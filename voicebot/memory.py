@@ -147,6 +147,16 @@ class MemoryStore:
         except redis.RedisError as exc:
             log.warning("memory for call %s not saved, Redis error: %s", call_id, exc)
 
+    def copy(self, source_call: str, call_id: str) -> bool:
+        """Start `call_id` with a copy of another call's memory (a resumed call). False: none to copy."""
+        try:
+            return bool(self._redis.copy(self.key(source_call), self.key(call_id), replace=True))
+        except redis.RedisError as exc:
+            log.warning(
+                "memory of call %s not carried over to %s, Redis error: %s", source_call, call_id, exc
+            )
+            return False
+
     def forget(self, call_id: str) -> None:
         try:
             self._redis.delete(self.key(call_id))

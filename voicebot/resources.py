@@ -138,6 +138,7 @@ def load_resources(settings: Settings) -> Resources:
     from voicebot.kb import KnowledgeBase, ensure_demo, load_thresholds
     from voicebot.memory import MemoryStore, load_or_create_key
     from voicebot.ratelimit import RateLimiter
+    from voicebot.storage.numbers import NumberVault
     from voicebot.storage.records import Records
     from voicebot.storage.state import LiveCalls, open_redis
 
@@ -145,7 +146,15 @@ def load_resources(settings: Settings) -> Resources:
     started = time.perf_counter()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.recordings_dir.mkdir(parents=True, exist_ok=True)
-    records = Records(settings.resolved_database_url, redactor=make_redactor(settings))
+    secret = load_or_create_key(settings.secret_key, settings.data_dir)
+    records = Records(
+        settings.resolved_database_url,
+        redactor=make_redactor(settings),
+        numbers=NumberVault(settings.number_storage, secret),
+    )
+    protected = records.protect_clear_numbers()
+    if protected:
+        log.info("protected the numbers of %d call(s) stored in clear before", protected)
     redis = open_redis(settings)
     live = LiveCalls(redis)
     if not settings.redis_url:
@@ -168,7 +177,7 @@ def load_resources(settings: Settings) -> Resources:
         redis,
         ttl_secs=settings.memory_ttl_secs,
         max_turns=settings.memory_turns,
-        key=load_or_create_key(settings.secret_key, settings.data_dir),
+        key=secret,
     )
     engine = load_engine(settings)
     synth = PiperSynth(settings.piper_voice)

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from contextlib import asynccontextmanager, suppress
 from typing import Any
-from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 
+from voicebot.auth import ensure_first_key, require_api_key
 from voicebot.config import Settings
 from voicebot.resources import Resources, close_resources, load_resources, warm_llm, warm_phrase_cache
+from voicebot.twilio_web import (
+    STREAM_PATH,
+    VOICE_PATH,
+    BadRequest,
+    signature_valid,
+    stream_parameters,
+    stream_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,22 @@ class AppState:
         self.calls: set[asyncio.Task] = set()
         self.sip: Any = None  # voicebot.sip_app.SipService once started
         self.sip_error: str | None = None
+        self.keys: Any = None  # voicebot.storage.keys.ApiKeys once the database is open
+        self._key_records: Any = None
+
+    def open_keys(self) -> None:
+        """The API key store, opened before the models load so keys work (and print) at once."""
+        from voicebot.storage.keys import ApiKeys
+        from voicebot.storage.records import Records
+
+        self._key_records = Records(self.settings.resolved_database_url)
+        keys = ApiKeys(self._key_records)
+        ensure_first_key(keys)
+        self.keys = keys
+
+    def close_keys(self) -> None:
+        if self._key_records is not None:
+            self._key_records.close()
 
     async def load(self) -> None:
         try:
@@ -73,6 +97,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(state.open_keys)
         loader = asyncio.create_task(state.load())
         yield
         loader.cancel()
@@ -85,12 +111,22 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.wait(state.calls, timeout=5)
         if state.resources is not None:
             await asyncio.to_thread(close_resources, state.resources)
+        state.close_keys()
 
-    app = FastAPI(title="voicebot", lifespan=lifespan)
+    # The docs and schema are served below, behind the API key, instead of FastAPI's open ones.
+    app = FastAPI(title="voicebot", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.voicebot = state
     from voicebot.api import router as api_router
 
     app.include_router(api_router)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="voicebot API")
 
     @app.get("/health")
     async def health() -> Response:
@@ -106,19 +142,53 @@ def create_app(settings: Settings) -> FastAPI:
             body["sip"] = {"error": state.sip_error}
         return JSONResponse(body)
 
-    @app.post("/twilio/voice")
+    @app.post(VOICE_PATH)
     async def twilio_voice(request: Request) -> Response:
         from telephony.twilio.twiml import connect_stream_twiml
 
-        form = await request.form()
-        url = stream_url(settings, request)
-        params = {k: str(form[k]) for k in ("From", "To", "CallSid") if k in form}
-        return Response(connect_stream_twiml(url, params), media_type="application/xml")
+        try:
+            form = await request.form(max_files=0, max_fields=100)
+        except Exception as exc:  # a malformed body is the client's fault, never a 500
+            raise HTTPException(400, f"unreadable form body: {type(exc).__name__}") from None
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        if settings.twilio_auth_token and not signature_valid(
+            settings,
+            request.headers.get("x-twilio-signature"),
+            path=request.url.path,
+            query=request.url.query,
+            host_header=request.headers.get("host"),
+            params=fields,
+            schemes=("https", "http"),
+        ):
+            log.warning("refused a voice webhook from %s: bad or missing X-Twilio-Signature", _peer(request))
+            raise HTTPException(403, "invalid X-Twilio-Signature")
+        try:
+            url = stream_url(settings, request.headers.get("host"))
+            twiml = connect_stream_twiml(url, stream_parameters(form))
+        except (BadRequest, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from None
+        return Response(twiml, media_type="application/xml")
 
-    @app.websocket("/twilio/stream")
+    @app.websocket(STREAM_PATH)
     async def twilio_stream(websocket: WebSocket) -> None:
         from voicebot.session import refuse, run_twilio_call
 
+        signed = False
+        if settings.twilio_auth_token:
+            signed = signature_valid(
+                settings,
+                websocket.headers.get("x-twilio-signature"),
+                path=websocket.url.path,
+                query=websocket.url.query,
+                host_header=websocket.headers.get("host"),
+                params={},
+                schemes=("wss", "https"),
+            )
+            if not signed:
+                peer = websocket.client.host if websocket.client else "?"
+                log.warning("refused a media stream from %s: bad or missing X-Twilio-Signature", peer)
+                await websocket.close(code=1008)  # before accept: the client gets HTTP 403
+                return
         if state.resources is None:
             await refuse(websocket, 1013, "server is starting, try again")
             return
@@ -126,49 +196,25 @@ def create_app(settings: Settings) -> FastAPI:
         assert task is not None
         state.calls.add(task)
         try:
-            await run_twilio_call(websocket, state.resources)
+            await run_twilio_call(websocket, state.resources, signed=signed)
         finally:
             state.calls.discard(task)
 
     return app
 
 
-def stream_url(settings: Settings, request: Request) -> str:
-    """The Media Streams URL for TwiML. Twilio connects only to wss://, so that is what we hand out:
-    from VOICEBOT_PUBLIC_URL when set, else from the Host header the webhook came in on (behind a
-    TLS-terminating proxy that is the public name)."""
-    if settings.public_url:
-        host = urlsplit(settings.public_url).netloc or settings.public_url.strip("/")
-    else:
-        host = request.headers.get("host", f"{settings.http_host}:{settings.http_port}")
-    return f"wss://{host}/twilio/stream"
+def trusted_proxies(settings: Settings) -> list[str]:
+    return [entry.strip() for entry in settings.trusted_proxies.split(",") if entry.strip()]
 
 
-def configure_logging(level: str, redact_patterns: str = "") -> None:
-    """Log to stderr; with redaction on, no log line carries a phone or card number in clear."""
-    from loguru import logger as loguru_logger
-
-    from voicebot.pii import RedactingFilter, Redactor, parse_patterns
-
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    patterns = parse_patterns(redact_patterns)
-    # Pipecat logs through loguru at DEBUG per frame event; keep it at our level or above INFO.
-    loguru_logger.remove()
-    loguru_logger.add(sys.stderr, level="WARNING" if level.upper() in ("INFO", "WARNING") else level.upper())
-    if not patterns:
-        return
-    redactor = Redactor(patterns)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter(redactor))
-    loguru_logger.configure(patcher=lambda record: record.update(message=redactor.redact(record["message"])))
+def _peer(request: Request) -> str:
+    return request.client.host if request.client else "?"
 
 
 def serve(settings: Settings) -> int:
     import uvicorn
+
+    from voicebot.logs import configure_logging
 
     configure_logging(settings.log_level, settings.pii_redact)
     app = create_app(settings)
@@ -191,6 +237,12 @@ def serve(settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         ws_max_size=settings.ws_max_message_bytes * 4,  # our own check, with a clearer reason, comes first
         lifespan="on",
+        # uvicorn's loggers propagate to ours, so its lines are redacted and escaped like ours.
+        log_config=None,
+        # X-Forwarded-For/-Proto only from the proxies named; uvicorn would trust 127.0.0.1 by default.
+        proxy_headers=bool(trusted_proxies(settings)),
+        forwarded_allow_ips=trusted_proxies(settings) or [],
+        server_header=False,
     )
     try:
         uvicorn.Server(config).run()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 import wave
@@ -34,6 +35,7 @@ from asr.stt import LocalWhisperSTTService
 from asr.turn import make_turn_stop_strategy, make_vad
 from voicebot.dialogue import CallMind, DialogueProcessor, TurnRecord
 from voicebot.resources import OUTPUT_SAMPLE_RATE, Resources
+from voicebot.storage.numbers import mask
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +45,23 @@ HANDSHAKE_TIMEOUT_SECS = 10.0
 LIVE_TTL_SECS = 3600
 
 
+# Abnormal ends after which an unsigned stream of the same call, from the same number, may resume it.
+ABNORMAL_ENDS = ("error", "server shutdown", "server restarted")
+# What the server's own call ids look like: they name recordings and key memory, so nothing else.
+_CALL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 @dataclass
 class CallInfo:
-    call_id: str
+    call_id: str  # the server's own id: the call row, the live entry, the memory key, the recording
     gateway: str
     from_number: str = ""
     to_number: str = ""
     stream_id: str = ""
     direction: str = "inbound"
     recorded: bool = False  # the dialer already stored the call row (outbound)
+    external_id: str = ""  # the gateway's id for the call (Twilio CallSid, SIP Call-ID): data only
+    resume_from: str = ""  # an earlier call whose memory this one continues (an authenticated reconnect)
 
 
 Handoff = Callable[[], Awaitable[bool]]
@@ -68,6 +78,17 @@ class FirstTTSAudioObserver(BaseObserver):
     async def on_push_frame(self, data: FramePushed) -> None:
         if data.source is self._tts and isinstance(data.frame, TTSAudioRawFrame):
             self._dialogue.note_first_tts_audio()
+
+
+def recording_path(recordings_dir: Path, call_id: str, started_at: datetime) -> Path:
+    """Where a call's recording goes: named from the server's own call id, always inside the dir."""
+    if not _CALL_ID_RE.fullmatch(call_id):
+        raise ValueError(f"not a server call id: {call_id!r}")
+    root = recordings_dir.resolve()
+    path = (root / started_at.strftime("%Y/%m/%d") / f"{call_id}-{uuid.uuid4().hex[:8]}.wav").resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"recording path {path} is outside {root}")
+    return path
 
 
 class CallRecorder:
@@ -117,20 +138,20 @@ async def run_call(
     ``on_handoff`` connects the caller to a human when the dialogue decides so; without one
     (Twilio Media Streams cannot transfer by itself) the caller is told no agent is reachable."""
     settings = res.settings
-    memory_key = f"{call.gateway}:{call.call_id}"  # the gateway's id: a reconnecting call keeps its memory
     started_at = datetime.now(UTC)
-    recording = CallRecorder(
-        settings.recordings_dir
-        / started_at.strftime("%Y/%m/%d")
-        / f"{call.call_id}-{uuid.uuid4().hex[:8]}.wav"
-    )
-    if call.recorded:
-        await asyncio.to_thread(res.records.set_recording, call.call_id, str(recording.path))
-    else:
-        call.call_id = await asyncio.to_thread(_record_call_start, res, call, recording.path)
-    await asyncio.to_thread(
-        res.live.add, call.call_id, {"gateway": call.gateway, "from": call.from_number}, LIVE_TTL_SECS
-    )
+    try:
+        recording = CallRecorder(recording_path(settings.recordings_dir, call.call_id, started_at))
+        if call.recorded:
+            await asyncio.to_thread(res.records.set_recording, call.call_id, str(recording.path))
+        else:
+            await asyncio.to_thread(_record_call_start, res, call, recording.path)
+    except BaseException:
+        await asyncio.to_thread(release_call, res, call.call_id)
+        raise
+    if call.resume_from:
+        await asyncio.to_thread(res.memory.copy, call.resume_from, call.call_id)
+        log.info("call %s resumes the memory of call %s", call.call_id, call.resume_from)
+    memory_key = call.call_id
 
     async def store_turn(turn: TurnRecord) -> None:
         await asyncio.to_thread(
@@ -249,32 +270,86 @@ def rate_limited(res: Resources, number: str, source_ip: str) -> tuple[str, floa
     return None
 
 
-def _record_call_start(res: Resources, call: CallInfo, recording: Path) -> str:
-    """Store the call; a gateway that reconnects with the same call id gets a suffixed one."""
-    from sqlalchemy.exc import IntegrityError
+def admit_call(res: Resources, call: CallInfo, base_id: str) -> bool:
+    """Give the call a free server id and a call slot, in one atomic step across every worker.
 
-    for attempt in range(3):
-        call_id = call.call_id if attempt == 0 else f"{call.call_id}-{uuid.uuid4().hex[:6]}"
+    The id is `base_id` (a validated gateway id, or one we minted), suffixed when a call already
+    holds it. False: at capacity, nothing registered. Redis unreachable: the call is admitted, logged.
+    """
+    if not _CALL_ID_RE.fullmatch(base_id):
+        raise ValueError(f"not a server call id: {base_id!r}")
+    info = {"gateway": call.gateway, "from": mask(call.from_number)}
+    for attempt in range(5):
+        candidate = base_id if attempt == 0 else f"{base_id}-{uuid.uuid4().hex[:6]}"
+        if attempt == 0 and res.records.exists(candidate):
+            continue
         try:
-            return res.records.start_call(
-                call_id,
-                gateway=call.gateway,
-                from_number=call.from_number,
-                to_number=call.to_number,
-                stream_id=call.stream_id,
-                recording_path=str(recording),
-                direction=call.direction,
-            )
-        except IntegrityError:
-            log.warning("call id %s is already recorded; storing this call under a new id", call_id)
-    raise RuntimeError(f"could not find a free call id for {call.call_id}")
+            verdict = res.live.admit(candidate, info, res.settings.max_calls, LIVE_TTL_SECS)
+        except Exception:
+            log.exception("live-call registry unavailable; admitting call %s without a slot", candidate)
+            verdict = "admitted"
+        if verdict == "full":
+            return False
+        if verdict == "admitted":
+            call.call_id = candidate
+            return True
+    raise RuntimeError(f"could not find a free call id for {base_id}")
+
+
+def release_call(res: Resources, call_id: str) -> None:
+    """Give back a call slot taken by `admit_call` (the call ended, or never started)."""
+    try:
+        res.live.remove(call_id)
+    except Exception:
+        log.exception("could not release the slot of call %s; it expires on its own", call_id)
+
+
+def _record_call_start(res: Resources, call: CallInfo, recording: Path) -> None:
+    res.records.start_call(
+        call.call_id,
+        gateway=call.gateway,
+        from_number=call.from_number,
+        to_number=call.to_number,
+        stream_id=call.stream_id,
+        recording_path=str(recording),
+        direction=call.direction,
+        external_id=call.external_id,
+    )
+
+
+def resumable_call(res: Resources, call: CallInfo, *, signed: bool) -> str:
+    """The earlier call whose memory a reconnecting stream may continue, or "".
+
+    Signed by Twilio: the CallSid is Twilio's word that this is the same phone call. Unsigned: only
+    the same caller number, within VOICEBOT_RESUME_WINDOW_SECS of an abnormal end (a crash, an
+    error), may continue it; a reused CallSid from another number, or after a normal hangup,
+    starts empty.
+    """
+    if not call.external_id:
+        return ""
+    earlier = res.records.last_call_for(call.gateway, call.external_id)
+    if earlier is None:
+        return ""
+    if signed:
+        return earlier.id
+    window = res.settings.resume_window_secs
+    if window <= 0 or not call.from_number or not earlier.from_hash:
+        return ""
+    if res.records.numbers is None or res.records.numbers.digest(call.from_number) != earlier.from_hash:
+        return ""
+    if earlier.ended_at is not None and earlier.end_reason not in ABNORMAL_ENDS:
+        return ""
+    last_seen = earlier.ended_at or earlier.started_at
+    if (datetime.now(UTC) - last_seen).total_seconds() > window:
+        return ""
+    return earlier.id
 
 
 async def _finalize(res: Resources, call: CallInfo, reason: str, recording: Path) -> None:
     try:
         await asyncio.to_thread(res.records.end_call, call.call_id, reason, str(recording))
     finally:
-        await asyncio.to_thread(res.live.remove, call.call_id)
+        await asyncio.to_thread(release_call, res, call.call_id)
 
 
 async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
@@ -283,7 +358,7 @@ async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
     await websocket.close(code=code, reason=reason[:120])
 
 
-async def run_twilio_call(websocket: WebSocket, res: Resources) -> None:
+async def run_twilio_call(websocket: WebSocket, res: Resources, *, signed: bool = False) -> None:
     from telephony.twilio.messages import ProtocolError
     from telephony.twilio.transport import accept_media_stream
 
@@ -301,10 +376,6 @@ async def run_twilio_call(websocket: WebSocket, res: Resources) -> None:
         return
     except WebSocketDisconnect:
         return
-    if await asyncio.to_thread(res.live.count) >= res.settings.max_calls:
-        log.warning("refusing call: %d calls already active", res.settings.max_calls)
-        await refuse(websocket, 1013, "at capacity, try again later")
-        return
     start = stream.start
     params = start.custom_parameters
     source_ip = websocket.client.host if websocket.client else ""
@@ -314,13 +385,24 @@ async def run_twilio_call(websocket: WebSocket, res: Resources) -> None:
         await refuse(websocket, 1008, refusal[0])
         return
     call = CallInfo(
-        call_id=start.call_sid or f"ws-{uuid.uuid4().hex}",
+        call_id="",
         gateway="twilio",
         from_number=params.get("From", ""),
         to_number=params.get("To", ""),
         stream_id=start.stream_sid,
+        external_id=start.call_sid,
     )
-    log.info("call %s started (stream %s, from %r)", call.call_id, call.stream_id, call.from_number)
+    # The CallSid was checked to be CA + 32 hex digits: safe as the base of our own id.
+    if not await asyncio.to_thread(admit_call, res, call, start.call_sid):
+        log.warning("refusing call: %d calls already active", res.settings.max_calls)
+        await refuse(websocket, 1013, "at capacity, try again later")
+        return
+    try:
+        call.resume_from = await asyncio.to_thread(resumable_call, res, call, signed=signed)
+    except Exception:
+        await asyncio.to_thread(release_call, res, call.call_id)
+        raise
+    log.info("call %s started (stream %s, from %s)", call.call_id, call.stream_id, mask(call.from_number))
 
     async def handoff() -> bool:
         # Media Streams has no transfer of its own (Twilio's is a REST call with <Dial> TwiML).

@@ -14,11 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from telephony.sip.agent import SipCall
+from telephony.sip.dialpolicy import AllowList
 from telephony.sip.gateway import Refusal, SipCallHandle, SipConfig, SipGateway
 from telephony.sip.transport import SipCallTransport
 from voicebot.config import Settings
 from voicebot.resources import OUTPUT_SAMPLE_RATE, Resources
-from voicebot.session import INPUT_SAMPLE_RATE, CallInfo, rate_limited, run_call
+from voicebot.session import (
+    INPUT_SAMPLE_RATE,
+    CallInfo,
+    admit_call,
+    rate_limited,
+    release_call,
+    run_call,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,7 @@ def gateway_config(settings: Settings) -> SipConfig:
         invite_rate=settings.sip_invite_rate,
         invite_burst=settings.sip_invite_burst,
         proxy=settings.sip_proxy,
+        dial_allow=dial_allow_list(settings),
         username=settings.sip_username,
         password=settings.sip_password,
         from_user=settings.sip_from_user,
@@ -73,8 +82,10 @@ class SipService:
     def __init__(self, res: Resources) -> None:
         self.res = res
         self.gateway = SipGateway(
-            gateway_config(res.settings), self._on_call, self._can_accept, admit=self._admit
+            gateway_config(res.settings), self._on_call, admit=self._admit, release=self._release
         )
+        # Server call ids of admitted inbound calls, by the agent's call key, until the app takes them.
+        self._admitted: dict[str, str] = {}
         self._placed: dict[str, Placed] = {}
         self._by_handle: dict[int, str] = {}
         # Set once an outbound call's row is stored: a loopback callee can answer before that, and
@@ -88,17 +99,21 @@ class SipService:
     async def stop(self) -> None:
         await self.gateway.stop()
 
-    def _can_accept(self) -> bool:
-        try:
-            return int(self.res.live.count()) < self.res.settings.max_calls
-        except Exception:
-            log.exception("live-call registry unavailable; accepting the call")
-            return True
-
     def _admit(self, call: SipCall) -> Refusal | None:
-        # One Redis round trip on loopback (well under a millisecond): fine on the event loop.
+        # Redis round trips on loopback (well under a millisecond): fine on the event loop.
         refusal = rate_limited(self.res, call.remote.uri.user or "", call.peer[0])
-        return None if refusal is None else Refusal(503, round(refusal[1]), refusal[0])
+        if refusal is not None:
+            return Refusal(503, round(refusal[1]), refusal[0])
+        info = CallInfo(call_id="", gateway="sip", from_number=str(call.remote.uri)[:64])
+        if not admit_call(self.res, info, f"sip-{uuid.uuid4().hex[:24]}"):
+            return Refusal(486, 30, f"at capacity ({self.res.settings.max_calls} calls)")
+        self._admitted[call.key] = info.call_id
+        return None
+
+    def _release(self, call: SipCall) -> None:
+        call_id = self._admitted.pop(call.key, None)
+        if call_id is not None:
+            release_call(self.res, call_id)
 
     # --- calls in and out ----------------------------------------------------------------
 
@@ -108,15 +123,21 @@ class SipService:
         if stored is not None:
             await stored.wait()
             call_id = self._by_handle.get(id(handle))  # None if the row could not be stored
+        admitted = self._admitted.pop(handle.sip.key, None)
         info = CallInfo(
-            call_id=call_id or f"sip-{uuid.uuid4().hex[:24]}",
+            call_id=call_id or admitted or "",
             gateway="sip",
             from_number=handle.from_uri[:64],
             to_number=handle.to_uri[:64],
             stream_id=handle.call_id[:128],
             direction=handle.direction,
             recorded=call_id is not None,
+            external_id=handle.call_id[:128],
         )
+        if not info.call_id:  # an outbound call whose row could not be stored: it takes a slot now
+            if not await asyncio.to_thread(admit_call, self.res, info, f"out-{uuid.uuid4().hex[:24]}"):
+                await handle.hangup()
+                return
         log.info(
             "SIP call %s (%s, %s) -> pipeline as %s",
             handle.call_id,
@@ -141,13 +162,21 @@ class SipService:
 
     async def dial(self, target: str, ring_timeout: float | None = None) -> Placed:
         """Place an outbound call; raises ValueError for a bad target, RuntimeError at capacity."""
-        if not self._can_accept() or self.gateway.active_calls >= self.res.settings.max_calls:
-            raise RuntimeError(f"at capacity ({self.res.settings.max_calls} calls)")
-        call_id = f"out-{uuid.uuid4().hex[:24]}"
+        at_capacity = RuntimeError(f"at capacity ({self.res.settings.max_calls} calls)")
+        if self.gateway.active_calls >= self.res.settings.max_calls:
+            raise at_capacity
+        slot = CallInfo(call_id="", gateway="sip", to_number=target[:64], direction="outbound")
+        if not await asyncio.to_thread(admit_call, self.res, slot, f"out-{uuid.uuid4().hex[:24]}"):
+            raise at_capacity
+        call_id = slot.call_id
         changes: asyncio.Queue[str] = asyncio.Queue()
-        handle = await self.gateway.place_call(
-            target, listener=lambda h: changes.put_nowait(h.status), ring_timeout=ring_timeout
-        )
+        try:
+            handle = await self.gateway.place_call(
+                target, listener=lambda h: changes.put_nowait(h.status), ring_timeout=ring_timeout
+            )
+        except BaseException:
+            await asyncio.to_thread(release_call, self.res, call_id)
+            raise
         placed = Placed(call_id, target, handle)
         self._placed[call_id] = placed
         self._by_handle[id(handle)] = call_id
@@ -165,6 +194,7 @@ class SipService:
             )
         except BaseException:
             self._by_handle.pop(id(handle), None)  # the pipeline (if answered) records it as inbound does
+            await asyncio.to_thread(release_call, self.res, call_id)
             await handle.hangup()
             raise
         finally:
@@ -193,6 +223,8 @@ class SipService:
             log.exception("call %s: could not record its progress", placed.call_id)
         finally:
             self._by_handle.pop(id(handle), None)
+            if handle.outcome != "answered":  # an answered call's pipeline gives its slot back
+                await asyncio.to_thread(release_call, self.res, placed.call_id)
 
     def status(self, call_id: str) -> dict[str, Any] | None:
         placed = self._placed.get(call_id)
@@ -204,3 +236,8 @@ class SipService:
             return None
         await placed.handle.hangup()
         return placed.view()
+
+
+def dial_allow_list(settings: Settings) -> AllowList:
+    """VOICEBOT_DIAL_ALLOW, parsed, named so in the dialer's refusals. Raises ValueError."""
+    return AllowList.parse(settings.dial_allow, source="VOICEBOT_DIAL_ALLOW")

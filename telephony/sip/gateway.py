@@ -35,6 +35,7 @@ from telephony.sip.agent import (
     SipCall,
     TransferUpdate,
 )
+from telephony.sip.dialpolicy import AllowList, OwnSip, destination_refusal, target_refusal
 from telephony.sip.guard import Guard, parse_networks
 from telephony.sip.media import RtpSession
 from telephony.sip.message import SipParseError, parse_uri
@@ -57,8 +58,10 @@ class Refusal:
     reason: str
 
 
-#: Decides whether an incoming call may start (from its caller and source); None admits it.
+#: Decides whether an incoming call may start (from its caller and source); None admits it. An
+#: admission may reserve a call slot: `release` gives it back when the call never reaches the app.
 Admission = Callable[[SipCall], "Refusal | None"]
+Release = Callable[[SipCall], None]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class SipConfig:
     invite_rate: float = 2.0
     invite_burst: int = 10
     proxy: str = ""
+    dial_allow: AllowList = field(default_factory=AllowList)  # who may be dialled; empty, no proxy: nobody
     username: str = ""
     password: str = ""
     from_user: str = "bot"
@@ -156,13 +160,13 @@ class SipGateway(asyncio.DatagramProtocol):
         self,
         config: SipConfig,
         on_call: CallHandler,
-        can_accept: Callable[[], bool] = lambda: True,
         admit: Admission = lambda _call: None,
+        release: Release = lambda _call: None,
     ) -> None:
         self.config = config
         self._on_call = on_call
-        self._can_accept = can_accept
         self._admit = admit
+        self._release = release
         self._guard = Guard(parse_networks(config.allow), config.invite_rate, config.invite_burst)
         self._agent: SipAgent | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -246,17 +250,27 @@ class SipGateway(asyncio.DatagramProtocol):
     ) -> SipCallHandle:
         """Dial ``target`` (sip:user@host[:port]); the pipeline runs once it is answered.
 
-        Raises ValueError for a bad target. The handle's ``outcome`` tells how it went."""
+        Raises ValueError for a bad target, or one :mod:`telephony.sip.dialpolicy` refuses (off
+        ``config.dial_allow``; the bot itself, link-local, metadata, ...). The handle's ``outcome``
+        tells how it went."""
         try:
             uri = parse_uri(target)
         except SipParseError as err:
             raise ValueError(f"bad SIP URI {target!r}: {err}") from None
         if uri.scheme not in ("sip", "sips"):
             raise ValueError(f"only sip: URIs can be dialled, not {target!r}")
-        dest_host, dest_port = (
-            parse_uri(_as_uri(self.config.proxy)).host_port() if self.config.proxy else (uri.host_port())
-        )
+        proxy = parse_uri(_as_uri(self.config.proxy)) if self.config.proxy else None
+        own = self._own_sip()
+        # Before DNS: a name that is refused anyway is never looked up.
+        refusal = target_refusal(uri, self.config.dial_allow, own, proxy.host if proxy else "")
+        if refusal is not None:
+            raise ValueError(refusal)
+        dest_host, dest_port = proxy.host_port() if proxy else uri.host_port()
         dest = (await self._resolve(dest_host.strip("[]")), dest_port)
+        # After DNS, on the very address the INVITE goes to: a listed name may point anywhere.
+        refusal = destination_refusal(dest[0], dest_port, own)
+        if refusal is not None:
+            raise ValueError(refusal)
         media = await RtpSession.open(self._bind_host(), self.config.rtp_ports)
         offer = build_offer(
             self.agent.config.host, media.local_port, random.getrandbits(31), 1, self.config.codecs
@@ -276,9 +290,36 @@ class SipGateway(asyncio.DatagramProtocol):
             await asyncio.wait_for(handle.answered.wait(), seconds)
         except TimeoutError:
             if handle.status != "ended":
-                log.info("call %s: no answer after %.0f s", handle.call_id, seconds)
+                reason = f"no answer after {seconds:g} s"
+                log.info("call %s: %s", handle.call_id, reason)
                 handle.outcome = "no-answer"
+                handle.reason = reason
+                # RFC 3261 9.1: no CANCEL before a provisional response. The agent sends it once one
+                # comes (and ACKs and BYEs a late 2xx), but the call must not wait for that, or for
+                # timer B's 32 s when nothing ever answers: it is over for us now.
                 self._hangup(handle)
+                self._end_unanswered(handle, reason)
+
+    def _end_unanswered(self, handle: SipCallHandle, reason: str) -> None:
+        """End an outbound call we gave up on, ahead of the agent. Its transaction goes on; the
+        CallEnded it reports at last finds no handle and is ignored (see :meth:`_ended`)."""
+        if handle.status == "ended":
+            return
+        if self._handles.get(handle.sip.key) is handle:
+            del self._handles[handle.sip.key]
+        handle._end_reason = reason
+        log.info("SIP call %s ended: %s (%s)", handle.call_id, handle.outcome, reason)
+        handle._set_status("ended")
+        handle.ended.set()
+        handle.media.close()
+
+    def _own_sip(self) -> OwnSip:
+        """Where this gateway takes SIP, for the dial policy: a call there would reach the bot."""
+        bound = self.config.host
+        hosts = {bound, self.agent.config.host}
+        if bound in ("0.0.0.0", "::"):
+            hosts.add(_advertised_host(bound))  # the address peers on this network reach us at
+        return OwnSip.of(hosts, self.port)
 
     # --- events ----------------------------------------------------------------------------
 
@@ -327,11 +368,13 @@ class SipGateway(asyncio.DatagramProtocol):
 
     async def _incoming(self, call: SipCall, offer: bytes) -> None:
         agent = self.agent
-        if self.active_calls >= self.config.max_calls or not self._can_accept():
+        if self.active_calls >= self.config.max_calls:
             log.warning("SIP: refusing call %s from %s: at capacity", call.call_id, call.remote.uri)
             agent.reject(call, 486, self._now(), headers=(("Retry-After", "30"),))
             self._pump()
             return
+        # The admission may take a call slot (atomically, for every worker): it is given back below
+        # unless the call reaches the app, which releases it when the call ends.
         refusal = self._admit(call)
         if refusal is not None:
             log.warning("SIP: refusing call %s from %s: %s", call.call_id, call.remote.uri, refusal.reason)
@@ -339,13 +382,25 @@ class SipGateway(asyncio.DatagramProtocol):
             agent.reject(call, refusal.status, self._now(), headers=retry)
             self._pump()
             return
+        handle: SipCallHandle | None = None
+        try:
+            handle = await self._set_up(call, offer)
+        finally:
+            if handle is None:  # refused, cancelled or failed before the app had it
+                self._release(call)
+        if handle is not None:
+            await self._run(handle)
+
+    async def _set_up(self, call: SipCall, offer: bytes) -> SipCallHandle | None:
+        """Negotiate, ring, open RTP and answer; the handle, or None when the call did not start."""
+        agent = self.agent
         try:
             negotiated = negotiate(parse_sdp(offer), self.config.codecs)
         except SdpError as err:
             log.warning("SIP: refusing call %s: %s", call.call_id, err)
             agent.reject(call, 488, self._now(), headers=(("Warning", f'305 - "{_warn_text(err)}"'),))
             self._pump()
-            return
+            return None
         agent.ringing(call, self._now())
         self._pump()
         try:
@@ -354,10 +409,10 @@ class SipGateway(asyncio.DatagramProtocol):
             log.error("SIP: refusing call %s: %s", call.call_id, err)
             agent.reject(call, 503, self._now())
             self._pump()
-            return
+            return None
         if call.ended:  # cancelled while we set up
             media.close()
-            return
+            return None
         media.configure(negotiated)
         answer = build_answer(
             parse_sdp(offer), negotiated, agent.config.host, media.local_port, _session_id(), 1
@@ -375,7 +430,7 @@ class SipGateway(asyncio.DatagramProtocol):
             negotiated.remote_port,
         )
         handle.answered.set()
-        await self._run(handle)
+        return handle
 
     def _reinvite(self, call: SipCall, offer: bytes) -> None:
         handle = self._handles.get(call.key)

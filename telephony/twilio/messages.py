@@ -12,6 +12,10 @@ and what the ``streamdouble`` simulator sends. Field gotchas the parser absorbs:
 Required fields are the ones we act on (the SIDs, ``payload``, ``digit``, mark ``name``).
 Informational fields (tracks, chunk, timestamp, sequenceNumber, ...) may be absent, but are
 type-checked when present: a wrong type means the peer is not speaking this protocol.
+
+Every byte here comes from the network. The SIDs must have Twilio's shape (``CA``/``MZ``/``AC``
+and 32 lowercase hex digits), so a SID is safe in a log line and can never name a path; custom
+parameters are bounded in number and size and may hold no control characters.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -43,6 +48,14 @@ __all__ = [
 # A WebSocket close frame carries at most 125 payload bytes, two of which are the code.
 _MAX_CLOSE_REASON_BYTES: Final = 123
 _EXCERPT_CHARS: Final = 80
+
+#: Twilio's SIDs: a two-letter type prefix and a 128-bit id in lowercase hex.
+SID_PREFIXES: Final = {"callSid": "CA", "streamSid": "MZ", "accountSid": "AC"}
+_SID_RE: Final = re.compile(r"(?:CA|MZ|AC)[0-9a-f]{32}")
+MAX_CUSTOM_PARAMETERS: Final = 32
+MAX_PARAMETER_CHARS: Final = 256
+# C0 controls, DEL and C1 controls: never part of a phone number, a name or a label.
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _T = TypeVar("_T")
 
@@ -206,6 +219,17 @@ class _Fields:
             raise self._wrong_type(key, "a string")
         return value
 
+    def sid(self, key: str) -> str:
+        """A Twilio SID field (``callSid``, ``streamSid``, ``accountSid``), checked for its shape."""
+        value = self.string(key)
+        prefix = SID_PREFIXES[key]
+        if not value.startswith(prefix) or not _SID_RE.fullmatch(value):
+            shown = _excerpt(value).encode("unicode_escape").decode("ascii")
+            raise ProtocolError(
+                "invalid_sid", f"'{self._where(key)}' must be {prefix} and 32 hex digits, got '{shown}'"
+            )
+        return value
+
     def opt_int(self, key: str) -> int | None:
         """An integer field, which Twilio sends as a decimal string (``"42"``)."""
         if key not in self._data:
@@ -289,19 +313,38 @@ def _parse_media_format(start: _Fields) -> MediaFormat:
     )
 
 
+def _custom_parameters(start: _Fields) -> dict[str, str]:
+    params = _or_default(start.opt_string_map("customParameters"), {})
+    if len(params) > MAX_CUSTOM_PARAMETERS:
+        raise ProtocolError(
+            "bad_parameter", f"{len(params)} custom parameters; at most {MAX_CUSTOM_PARAMETERS}"
+        )
+    for name, value in params.items():
+        if not name or len(name) > MAX_PARAMETER_CHARS or len(value) > MAX_PARAMETER_CHARS:
+            raise ProtocolError(
+                "bad_parameter",
+                f"custom parameter names must be 1-{MAX_PARAMETER_CHARS} and values at most "
+                f"{MAX_PARAMETER_CHARS} characters",
+            )
+        if _CONTROL_RE.search(name) or _CONTROL_RE.search(value):
+            shown = _excerpt(name).encode("unicode_escape").decode("ascii")
+            raise ProtocolError("bad_parameter", f"custom parameter '{shown}' holds a control character")
+    return params
+
+
 def _parse_start(top: _Fields) -> Start:
     start = top.obj("start")
-    stream_sid = start.string("streamSid")
+    stream_sid = start.sid("streamSid")
     outer_sid = top.opt_string("streamSid")
     if outer_sid is not None and outer_sid != stream_sid:
         reason = f"'streamSid' {outer_sid!r} differs from 'start.streamSid' {stream_sid!r}"
         raise ProtocolError("inconsistent_stream_sid", reason)
     return Start(
         stream_sid=stream_sid,
-        call_sid=start.string("callSid"),
-        account_sid=start.string("accountSid"),
+        call_sid=start.sid("callSid"),
+        account_sid=start.sid("accountSid"),
         tracks=_or_default(start.opt_string_list("tracks"), ("inbound",)),
-        custom_parameters=_or_default(start.opt_string_map("customParameters"), {}),
+        custom_parameters=_custom_parameters(start),
         media_format=_parse_media_format(start),
         sequence_number=top.opt_int("sequenceNumber"),
     )

@@ -10,6 +10,7 @@ the *latest* schema and migration 1 must keep creating version 1 of it.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+from voicebot.storage.numbers import NumberVault, StoredNumber
 
 # Long enough to ride out another process's write transaction (they last milliseconds), short enough
 # that a wedged writer surfaces as an error instead of a silent hang.
@@ -121,6 +124,24 @@ class CallRow(Base):
     outcome: Mapped[str] = mapped_column(String(32), default="")
     transfer_target: Mapped[str] = mapped_column(String(256), default="")
     transfer_status: Mapped[str] = mapped_column(String(128), default="")
+    external_id: Mapped[str] = mapped_column(String(128), default="")
+    from_secret: Mapped[str] = mapped_column(Text, default="")
+    to_secret: Mapped[str] = mapped_column(Text, default="")
+    from_hash: Mapped[str] = mapped_column(String(64), default="")
+    to_hash: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class TurnRow(Base):
@@ -214,11 +235,42 @@ def _migration_3_turn_decisions(conn: Connection) -> None:
         conn.execute(text(ddl))
 
 
+def _migration_4_protected_numbers_and_api_keys(conn: Connection) -> None:
+    for ddl in (
+        "ALTER TABLE calls ADD COLUMN external_id VARCHAR(128) NOT NULL DEFAULT ''",
+        "ALTER TABLE calls ADD COLUMN from_secret TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE calls ADD COLUMN to_secret TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE calls ADD COLUMN from_hash VARCHAR(64) NOT NULL DEFAULT ''",
+        "ALTER TABLE calls ADD COLUMN to_hash VARCHAR(64) NOT NULL DEFAULT ''",
+        "CREATE INDEX ix_calls_external_id ON calls (external_id)",
+        "CREATE INDEX ix_calls_from_hash ON calls (from_hash)",
+        "CREATE INDEX ix_calls_to_hash ON calls (to_hash)",
+    ):
+        conn.execute(text(ddl))
+    md = MetaData()
+    Table(
+        "api_keys",
+        md,
+        Column("id", String(16), primary_key=True),
+        Column("name", String(200), nullable=False),
+        Column("role", String(32), nullable=False),
+        Column("key_hash", String(64), nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("expires_at", UTCDateTime, nullable=True),
+        Column("revoked_at", UTCDateTime, nullable=True),
+        Column("last_used_at", UTCDateTime, nullable=True),
+    )
+    md.create_all(conn)
+
+
 # Append only; never edit or reorder an entry that has shipped.
 MIGRATIONS: list[Migration] = [
     Migration(1, "calls and turns", _migration_1_calls_and_turns),
     Migration(2, "call direction, outcome and transfer", _migration_2_direction_outcome_transfer),
     Migration(3, "turn reason, intent, sentiment and slots", _migration_3_turn_decisions),
+    Migration(
+        4, "protected numbers, external call ids and API keys", _migration_4_protected_numbers_and_api_keys
+    ),
 ]
 
 _version_md = MetaData()
@@ -367,6 +419,8 @@ class CallSummary:
     turn_count: int
     direction: str = "inbound"
     outcome: str = ""
+    external_id: str = ""
+    from_hash: str = ""
 
     @property
     def duration_s(self) -> float | None:
@@ -390,6 +444,7 @@ class CallDetail:
     outcome: str = ""
     transfer_target: str = ""
     transfer_status: str = ""
+    external_id: str = ""
 
     @property
     def duration_s(self) -> float | None:
@@ -427,6 +482,23 @@ def _turn(row: TurnRow) -> Turn:
     )
 
 
+def _summary(row: CallRow, turn_count: int) -> CallSummary:
+    return CallSummary(
+        id=row.id,
+        gateway=row.gateway,
+        from_number=row.from_number,
+        to_number=row.to_number,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        end_reason=row.end_reason,
+        turn_count=turn_count,
+        direction=row.direction,
+        outcome=row.outcome,
+        external_id=row.external_id,
+        from_hash=row.from_hash,
+    )
+
+
 class Redacts(Protocol):
     def redact(self, text: str) -> str: ...
 
@@ -440,9 +512,17 @@ class Records:
     so the database never holds the personal data a caller spoke.
     """
 
-    def __init__(self, url: str, *, run_migrations: bool = True, redactor: Redacts | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        run_migrations: bool = True,
+        redactor: Redacts | None = None,
+        numbers: NumberVault | None = None,
+    ) -> None:
         self.url = url
         self.redactor = redactor
+        self.numbers = numbers
         self.engine = create_records_engine(url)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}))
@@ -462,6 +542,13 @@ class Records:
         with self._reader() as session:
             yield session
 
+    def writing(self) -> contextlib.AbstractContextManager[Session]:
+        """A write transaction, for the stores that share this database (API keys)."""
+        return self._write()
+
+    def reading(self) -> contextlib.AbstractContextManager[Session]:
+        return self._read()
+
     # ----------------------------------------------------------------- calls
 
     def start_call(
@@ -477,17 +564,25 @@ class Records:
         recording_path: str | None = None,
         direction: str = "inbound",
         outcome: str = "",
+        external_id: str = "",
     ) -> str:
         """Record a new call and return its id (a new uuid4 hex when `call_id` is None).
 
+        With a number vault, the numbers are stored as it says (encrypted or hashed, and masked).
         A duplicate id raises `sqlalchemy.exc.IntegrityError`.
         """
         call_id = call_id or uuid.uuid4().hex
+        caller, callee = self._protect(from_number), self._protect(to_number)
         row = CallRow(
             id=call_id,
             gateway=gateway,
-            from_number=from_number,
-            to_number=to_number,
+            from_number=caller.shown,
+            to_number=callee.shown,
+            from_secret=caller.secret,
+            to_secret=callee.secret,
+            from_hash=caller.digest,
+            to_hash=callee.digest,
+            external_id=external_id,
             stream_id=stream_id,
             started_at=_moment(started_at),
             ended_at=None,
@@ -500,6 +595,64 @@ class Records:
         with self._write() as session:
             session.add(row)
         return call_id
+
+    def _protect(self, number: str) -> StoredNumber:
+        return self.numbers.protect(number) if self.numbers else StoredNumber(number, "", "")
+
+    def protect_clear_numbers(self) -> int:
+        """Encrypt or hash the numbers of calls stored in clear (before the vault, or in 'clear' mode)."""
+        if self.numbers is None or self.numbers.mode == "clear":
+            return 0
+        changed = 0
+        with self._write() as session:
+            rows = session.scalars(
+                select(CallRow).where(
+                    ((CallRow.from_hash == "") & (CallRow.from_number != ""))
+                    | ((CallRow.to_hash == "") & (CallRow.to_number != ""))
+                )
+            ).all()
+            for row in rows:
+                for side in ("from", "to"):
+                    if getattr(row, f"{side}_hash") or not getattr(row, f"{side}_number"):
+                        continue
+                    stored = self.numbers.protect(getattr(row, f"{side}_number"))
+                    setattr(row, f"{side}_number", stored.shown)
+                    setattr(row, f"{side}_secret", stored.secret)
+                    setattr(row, f"{side}_hash", stored.digest)
+                changed += 1
+        return changed
+
+    def reveal_numbers(self, call_id: str) -> tuple[str, str]:
+        """A call's numbers in clear (KeyError: no such call; ValueError: they cannot be shown)."""
+        with self._read() as session:
+            row = session.get(CallRow, call_id)
+            if row is None:
+                raise KeyError(call_id)
+            sides = [
+                StoredNumber(row.from_number, row.from_secret, row.from_hash),
+                StoredNumber(row.to_number, row.to_secret, row.to_hash),
+            ]
+        if self.numbers is None:
+            if any(side.digest for side in sides):
+                raise ValueError("these numbers are protected; the secret key is needed to show them")
+            return sides[0].shown, sides[1].shown
+        return self.numbers.reveal(sides[0]), self.numbers.reveal(sides[1])
+
+    def last_call_for(self, gateway: str, external_id: str) -> CallSummary | None:
+        """The latest call a gateway stored under its own id for it (a Twilio CallSid), if any."""
+        stmt = (
+            select(CallRow)
+            .where(CallRow.gateway == gateway, CallRow.external_id == external_id)
+            .order_by(CallRow.started_at.desc())
+            .limit(1)
+        )
+        with self._read() as session:
+            row = session.scalars(stmt).first()
+            return None if row is None else _summary(row, 0)
+
+    def exists(self, call_id: str) -> bool:
+        with self._read() as session:
+            return session.get(CallRow, call_id) is not None
 
     def end_call(
         self,
@@ -607,7 +760,7 @@ class Records:
                 bot_text=self._clean(bot_text),
                 route=route,
                 retrieved=self._clean_obj(_retrieved_json(retrieved)),
-                dtmf=dtmf,
+                dtmf=self._clean(dtmf),
                 interrupted=interrupted,
                 latency=dict(latency or {}),
                 reason=self._clean(reason),
@@ -650,7 +803,7 @@ class Records:
             if retrieved is not None:
                 row.retrieved = self._clean_obj(_retrieved_json(retrieved))
             if dtmf is not None:
-                row.dtmf = dtmf
+                row.dtmf = self._clean(dtmf)
             if interrupted is not None:
                 row.interrupted = interrupted
             if latency:
@@ -665,8 +818,8 @@ class Records:
 
     # ----------------------------------------------------------------- reading
 
-    def list_calls(self, limit: int = 50, offset: int = 0) -> list[CallSummary]:
-        """Newest calls first, each with its number of turns."""
+    def list_calls(self, limit: int = 50, offset: int = 0, number: str = "") -> list[CallSummary]:
+        """Newest calls first, each with its number of turns; `number`: only calls from or to it."""
         counts = (
             select(TurnRow.call_id, func.count(TurnRow.id).label("n")).group_by(TurnRow.call_id).subquery()
         )
@@ -677,22 +830,16 @@ class Records:
             .limit(limit)
             .offset(offset)
         )
+        if number:
+            digest = self.numbers.digest(number) if self.numbers else ""
+            stmt = stmt.where(
+                (CallRow.from_hash == digest)
+                | (CallRow.to_hash == digest)
+                | (CallRow.from_number == number)
+                | (CallRow.to_number == number)
+            )
         with self._read() as session:
-            return [
-                CallSummary(
-                    id=row.id,
-                    gateway=row.gateway,
-                    from_number=row.from_number,
-                    to_number=row.to_number,
-                    started_at=row.started_at,
-                    ended_at=row.ended_at,
-                    end_reason=row.end_reason,
-                    turn_count=int(n),
-                    direction=row.direction,
-                    outcome=row.outcome,
-                )
-                for row, n in session.execute(stmt)
-            ]
+            return [_summary(row, int(n)) for row, n in session.execute(stmt)]
 
     def get_call(self, call_id: str) -> CallDetail | None:
         """One call with its turns in order, or None."""
@@ -719,4 +866,5 @@ class Records:
                 outcome=row.outcome,
                 transfer_target=row.transfer_target,
                 transfer_status=row.transfer_status,
+                external_id=row.external_id,
             )

@@ -266,6 +266,34 @@ end
 return 0
 """
 
+# Admission: count the live calls (dropping members whose hash expired) and register the new one
+# in the same step, so concurrent starts on any number of workers can never pass the limit.
+# KEYS = [ids set, new call's hash], ARGV = [limit, ttl, call id, field, value, ...].
+# Returns 1 admitted, 0 at capacity, -1 the id is already live.
+_ADMIT_LUA = """
+local prefix = string.sub(KEYS[2], 1, string.len(KEYS[2]) - string.len(ARGV[3]))
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return -1
+end
+local live = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', prefix .. id) == 1 then
+    live = live + 1
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+if live >= tonumber(ARGV[1]) then
+  return 0
+end
+for i = 4, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[3])
+return 1
+"""
+
 DEFAULT_LIVE_TTL_S = 120
 
 
@@ -290,6 +318,7 @@ class LiveCalls:
         self._call_prefix = f"{prefix}:call:"
         self._touch = client.register_script(_TOUCH_LUA)
         self._sweep = client.register_script(_SWEEP_LUA)
+        self._admit = client.register_script(_ADMIT_LUA)
 
     def _key(self, call_id: str) -> str:
         return self._call_prefix + call_id
@@ -303,6 +332,18 @@ class LiveCalls:
         pipe.expire(self._key(call_id), ttl)
         pipe.sadd(self._ids_key, call_id)
         pipe.execute()
+
+    def admit(self, call_id: str, info: Mapping[str, Any], limit: int, ttl: int = DEFAULT_LIVE_TTL_S) -> str:
+        """Register a new call unless `limit` calls are live already: one atomic step in Redis.
+
+        Returns "admitted", "full" (at capacity: nothing registered) or "taken" (that id is live).
+        """
+        fields = {"call_id": json.dumps(call_id), **{k: json.dumps(v) for k, v in info.items()}}
+        args: list[Any] = [limit, ttl, call_id]
+        for key, value in fields.items():
+            args += [key, value]
+        verdict = int(self._admit(keys=[self._ids_key, self._key(call_id)], args=args))
+        return {1: "admitted", 0: "full"}.get(verdict, "taken")
 
     def touch(
         self, call_id: str, ttl: int = DEFAULT_LIVE_TTL_S, updates: Mapping[str, Any] | None = None
