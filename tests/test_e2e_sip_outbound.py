@@ -42,6 +42,7 @@ from sip_peers import (
     wait_udp_bound,
 )
 
+from voicebot.storage.numbers import mask
 from voicebot.storage.records import CallDetail, Records
 
 pytestmark = [
@@ -82,7 +83,9 @@ def cli_statuses(result: subprocess.CompletedProcess[str], call_id: str) -> list
 
 def api(server: ServerProcess, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{server.url}/api{path}", data=data, method=method)
+    request = urllib.request.Request(
+        f"{server.url}/api{path}", data=data, method=method, headers=server.api_headers
+    )
     if data is not None:
         request.add_header("Content-Type", "application/json")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -145,7 +148,7 @@ def assert_outbound_record(server: ServerProcess, call_id: str, outcome: str, to
     assert detail.outcome == outcome, (
         f"record outcome {detail.outcome!r} != {outcome!r} ({detail.end_reason})"
     )
-    assert detail.to_number == to[:64], detail
+    assert detail.to_number == mask(to[:64]), detail  # stored encrypted, listed masked
     return detail
 
 

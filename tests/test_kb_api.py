@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,11 +26,13 @@ from conftest import REPO_ROOT, ServerProcess, free_port, server_env
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from voicebot.api import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, _CacheWarmer, _source, is_loopback
+from voicebot.api import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, _CacheWarmer, _source
 from voicebot.api import router as api_router
 from voicebot.config import Settings
 from voicebot.kb import IngestReport, KnowledgeBase
 from voicebot.kb_cli import multipart, server_url
+from voicebot.storage.keys import ApiKeys
+from voicebot.storage.records import Records
 
 CLI_TIMEOUT_S = 120.0
 HTTP_TIMEOUT_S = 60.0
@@ -70,7 +73,9 @@ def explain(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def api(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
+    with httpx.Client(
+        base_url=server.url, timeout=HTTP_TIMEOUT_S, trust_env=False, headers=server.api_headers
+    ) as client:
         yield client
 
 
@@ -204,7 +209,8 @@ def test_cli_does_not_use_a_server_holding_another_knowledge_base(
         holder.close()
     assert result.returncode == 1, explain(result)
     assert "another process holds it" in result.stderr
-    assert f"uses the knowledge base at {server.data_dir.resolve() / 'kb.db'}" in result.stderr
+    # Its temporary API key lives in the other data dir's database: the server does not know it.
+    assert "refused this command's API key: it uses another database" in result.stderr
     assert THROUGH_SERVER not in result.stderr
 
 
@@ -295,32 +301,46 @@ class FakeEmbedder:
         return vectors
 
 
+_KEY_DB = Path(tempfile.mkdtemp(prefix="voicebot-keys-")) / "keys.db"
+_KEYS = ApiKeys(Records(f"sqlite:///{_KEY_DB}"))
+KEY = _KEYS.create("kb api tests")[1]
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
 def app_with(resources: Any = None, error: str | None = None) -> FastAPI:
+    """The API router alone, with a real API key store (SQLite) and the given resources."""
     app = FastAPI()
     app.include_router(api_router)
-    app.state.voicebot = SimpleNamespace(resources=resources, error=error)
+    app.state.voicebot = SimpleNamespace(resources=resources, error=error, keys=_KEYS)
     return app
 
 
 LOCAL = ("127.0.0.1", 50000)
 
 
-@pytest.mark.parametrize("client", [("203.0.113.7", 40000), ("10.0.0.2", 40000), ("testclient", 50000)])
-def test_clients_not_on_this_machine_get_403(client: tuple[str, int]) -> None:
-    with TestClient(app_with(), client=client) as http:
+@pytest.mark.parametrize(
+    ("client", "headers"),
+    [
+        (("127.0.0.1", 50000), {}),  # loopback is not a credential
+        (("127.0.0.1", 50000), {"X-Forwarded-For": "127.0.0.1"}),
+        (("::1", 50000), {"Authorization": "Bearer vb_00000000_" + "x" * 43}),
+        (("203.0.113.7", 40000), {"Authorization": "Basic !!!"}),
+    ],
+)
+def test_requests_without_a_valid_key_get_401(client: tuple[str, int], headers: dict[str, str]) -> None:
+    with TestClient(app_with(), client=client, headers=headers) as http:
         for response in (
             http.get("/api/kb/entries"),
             http.get("/api/kb/search", params={"q": "x"}),
             http.post("/api/kb/ingest", files={"files": ("faq.csv", b"question,answer\n")}),
             ingest_chunked(http, oversized_upload()),  # refused before its body is read
         ):
-            assert response.status_code == 403
-            assert "answer clients on this machine only" in response.json()["detail"]
-            assert client[0] in response.json()["detail"]
+            assert response.status_code == 401
+            assert "needs an API key" in response.json()["detail"]
 
 
 def test_503_while_the_server_starts_or_after_it_failed() -> None:
-    with TestClient(app_with(), client=LOCAL) as http:
+    with TestClient(app_with(), client=LOCAL, headers=AUTH) as http:
         for path in ("/api/kb", "/api/kb/entries", "/api/kb/search?q=x"):
             response = http.get(path)
             assert response.status_code == 503
@@ -328,7 +348,7 @@ def test_503_while_the_server_starts_or_after_it_failed() -> None:
         response = http.post("/api/kb/ingest", files={"files": ("faq.csv", b"question,answer\n")})
         assert response.status_code == 503
         assert ingest_chunked(http, oversized_upload()).status_code == 503  # before its body is read
-    with TestClient(app_with(error="RuntimeError: no model"), client=("::1", 50000)) as http:
+    with TestClient(app_with(error="RuntimeError: no model"), client=("::1", 50000), headers=AUTH) as http:
         response = http.get("/api/kb/entries")
         assert response.status_code == 503
         assert "failed to start (RuntimeError: no model)" in response.json()["detail"]
@@ -336,7 +356,7 @@ def test_503_while_the_server_starts_or_after_it_failed() -> None:
 
 def test_ingest_limits_and_malformed_bodies(tmp_path: Path) -> None:
     ready = SimpleNamespace(settings=Settings(data_dir=tmp_path), kb=None)  # refused before the kb is used
-    with TestClient(app_with(ready), client=LOCAL) as http:
+    with TestClient(app_with(ready), client=LOCAL, headers=AUTH) as http:
         declared = http.post(
             "/api/kb/ingest",
             content=b"x" * (MAX_UPLOAD_BYTES + 1),
@@ -365,26 +385,6 @@ def test_ingest_limits_and_malformed_bodies(tmp_path: Path) -> None:
             files={"files": ("a.csv", b"question,answer\n")},
         )
         assert sources.status_code == 400 and "one per file" in sources.json()["detail"]
-
-
-@pytest.mark.parametrize(
-    ("host", "local"),
-    [
-        ("127.0.0.1", True),
-        ("127.20.0.3", True),
-        ("::1", True),
-        ("::ffff:127.0.0.1", True),
-        ("10.0.0.1", False),
-        ("::ffff:10.0.0.1", False),
-        ("0.0.0.0", False),
-        ("fe80::1%eth0", False),
-        ("testclient", False),
-        ("", False),
-        (None, False),
-    ],
-)
-def test_is_loopback(host: str | None, local: bool) -> None:
-    assert is_loopback(host) is local
 
 
 def test_source_names(tmp_path: Path) -> None:
@@ -432,7 +432,7 @@ def test_cli_upload_round_trips_through_the_endpoint(tmp_path: Path) -> None:
         return 1
 
     app.state.kb_cache_warmer = _CacheWarmer(warm)
-    with TestClient(app, client=LOCAL) as http:
+    with TestClient(app, client=LOCAL, headers=AUTH) as http:
         response = http.post("/api/kb/ingest", content=body, headers={"Content-Type": content_type})
         assert response.status_code == 200, response.text
         assert response.json() == {"added": {source: 1}, "errors": [], "entries": 1, "kept": {}}

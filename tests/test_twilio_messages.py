@@ -119,7 +119,8 @@ def test_parse_accepts_numeric_counters() -> None:
 
 
 def test_optional_fields_default() -> None:
-    bare_start = f'{{"event":"start","start":{{"streamSid":"{SID}","callSid":"{CALL}","accountSid":"{ACCOUNT}"}}}}'
+    ids = {"streamSid": SID, "callSid": CALL, "accountSid": ACCOUNT}
+    bare_start = json.dumps({"event": "start", "start": ids})
     start = parse_message(bare_start)
     assert start == Start(stream_sid=SID, call_sid=CALL, account_sid=ACCOUNT)
     bare_media = '{"event":"media","streamSid":"MZ1","media":{"payload":""}}'

@@ -465,6 +465,12 @@ def _server_problem(client: ApiClient, settings: Settings) -> str | None:
             return f"no voicebot server answers at {client.base_url} to go through instead"
         if exc.status == 503:
             return f"the server at {client.base_url} is not ready ({exc}); try again when it is"
+        if exc.status == 401:
+            return (
+                f"the server at {client.base_url} refused this command's API key: it uses another "
+                "database than this data dir, or VOICEBOT_API_KEY is wrong; set VOICEBOT_API_KEY to one of "
+                "its keys, or VOICEBOT_HTTP_PORT (and _HOST) to the server that uses this data dir"
+            )
         return f"the server at {client.base_url} cannot take the command: {exc}"
     ours = settings.resolved_milvus_uri
     theirs = info.get("uri") if isinstance(info, dict) else None

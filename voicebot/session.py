@@ -46,7 +46,7 @@ LIVE_TTL_SECS = 3600
 
 
 # Abnormal ends after which an unsigned stream of the same call, from the same number, may resume it.
-ABNORMAL_ENDS = ("error", "server shutdown", "server restarted")
+ABNORMAL_ENDS = ("error", "server shutdown", "server restarted", "connection lost")
 # What the server's own call ids look like: they name recordings and key memory, so nothing else.
 _CALL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
@@ -62,6 +62,8 @@ class CallInfo:
     recorded: bool = False  # the dialer already stored the call row (outbound)
     external_id: str = ""  # the gateway's id for the call (Twilio CallSid, SIP Call-ID): data only
     resume_from: str = ""  # an earlier call whose memory this one continues (an authenticated reconnect)
+    # Whether the gateway lost the call without a hangup (a Twilio socket closed with no 'stop').
+    connection_lost: Callable[[], bool] | None = None
 
 
 Handoff = Callable[[], Awaitable[bool]]
@@ -232,6 +234,8 @@ async def run_call(
         await runner.add_workers(worker)
         await runner.run()
         end_reason = dialogue.end_reason or end_reason
+        if end_reason == "hangup" and call.connection_lost is not None and call.connection_lost():
+            end_reason = "connection lost"
     except asyncio.CancelledError:
         end_reason = "server shutdown"
         await worker.cancel(reason="server shutdown")
@@ -360,6 +364,7 @@ async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
 
 async def run_twilio_call(websocket: WebSocket, res: Resources, *, signed: bool = False) -> None:
     from telephony.twilio.messages import ProtocolError
+    from telephony.twilio.stream import StreamState
     from telephony.twilio.transport import accept_media_stream
 
     await websocket.accept()
@@ -391,6 +396,7 @@ async def run_twilio_call(websocket: WebSocket, res: Resources, *, signed: bool 
         to_number=params.get("To", ""),
         stream_id=start.stream_sid,
         external_id=start.call_sid,
+        connection_lost=lambda: stream.session.state is not StreamState.STOPPED,
     )
     # The CallSid was checked to be CA + 32 hex digits: safe as the base of our own id.
     if not await asyncio.to_thread(admit_call, res, call, start.call_sid):

@@ -134,10 +134,12 @@ class SipService:
             recorded=call_id is not None,
             external_id=handle.call_id[:128],
         )
-        if not info.call_id:  # an outbound call whose row could not be stored: it takes a slot now
-            if not await asyncio.to_thread(admit_call, self.res, info, f"out-{uuid.uuid4().hex[:24]}"):
-                await handle.hangup()
-                return
+        # An outbound call whose row could not be stored takes a slot now.
+        if not info.call_id and not await asyncio.to_thread(
+            admit_call, self.res, info, f"out-{uuid.uuid4().hex[:24]}"
+        ):
+            await handle.hangup()
+            return
         log.info(
             "SIP call %s (%s, %s) -> pipeline as %s",
             handle.call_id,

@@ -54,8 +54,9 @@ SID_PREFIXES: Final = {"callSid": "CA", "streamSid": "MZ", "accountSid": "AC"}
 _SID_RE: Final = re.compile(r"(?:CA|MZ|AC)[0-9a-f]{32}")
 MAX_CUSTOM_PARAMETERS: Final = 32
 MAX_PARAMETER_CHARS: Final = 256
-# C0 controls, DEL and C1 controls: never part of a phone number, a name or a label.
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 controls, DEL and C1 controls: never part of a phone number, a name or a label. Lone
+# surrogates (JSON's "\ud800") are no text at all: they cannot be logged or stored as UTF-8.
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 _T = TypeVar("_T")
 
