@@ -123,6 +123,25 @@ class ServerProcess:
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
 
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        """`METHOD /api{path}` with the server's API key and a JSON body: (status, JSON answer)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {**self.api_headers, **({"Content-Type": "application/json"} if data is not None else {})}
+        request = urllib.request.Request(f"{self.url}/api{path}", data=data, method=method, headers=headers)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(request, timeout=15) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        return status, json.loads(raw or b"{}")
+
+    def http_client(self, timeout: float = 60.0) -> Any:
+        """An httpx client on the server, sending its API key, ignoring proxy settings."""
+        import httpx
+
+        return httpx.Client(base_url=self.url, timeout=timeout, trust_env=False, headers=self.api_headers)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -200,6 +219,7 @@ def start_server(
     server = ServerProcess(
         port, data_dir, log_path, process, _log_file=log_file, sip_port=int(env["VOICEBOT_SIP_PORT"])
     )
+    _SERVER_LOGS.setdefault(log_path, 0)
     deadline = started + health_timeout_s
     last = "no answer yet"
     while True:
@@ -228,6 +248,38 @@ def start_server(
         f"the server was not ready after {time.monotonic() - started:.0f} s (last /health: {last}).\n"
         f"--- {log_path} (tail) ---\n{log_tail(log_path)}"
     )
+
+
+TRACEBACK = "Traceback (most recent call last)"
+# Server logs of this session, and how many tracebacks tests provoked in each on purpose.
+_SERVER_LOGS: dict[Path, int] = {}
+
+
+def expect_tracebacks(server: ServerProcess, count: int = 1) -> None:
+    """Declare that a test provokes `count` tracebacks in this server's log on purpose (and asserts them)."""
+    _SERVER_LOGS[server.log_path] = _SERVER_LOGS.get(server.log_path, 0) + count
+
+
+def unexpected_tracebacks() -> dict[Path, int]:
+    """Server logs holding more tracebacks than their tests declared: {log: how many more}."""
+    extra: dict[Path, int] = {}
+    for log, expected in _SERVER_LOGS.items():
+        found = log.read_text(errors="replace").count(TRACEBACK) if log.exists() else 0
+        if found > expected:
+            extra[log] = found - expected
+    return extra
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The whole suite must leave 0 tracebacks in its servers' logs, but those tests provoked."""
+    extra = unexpected_tracebacks()
+    if not extra:
+        return
+    for log, count in extra.items():
+        text = log.read_text(errors="replace")
+        at = text.index(TRACEBACK)
+        print(f"\n{log}: {count} unexpected traceback(s); the first:\n{text[at : at + 3000]}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def serve_for_tests(

@@ -36,6 +36,11 @@ ORDER = "45712"
 # Luhn-valid, and not repetitive: Whisper loops on "4111 1111 1111 1111".
 CARD = "4539148803436467"
 PHONE = "9175550123"
+HUMAN_REQUESTS = (
+    "Can I speak to a real person please?",
+    "I want to talk to a human agent.",
+    "Please put me through to someone from customer service.",
+)
 
 
 def turns_of(server: ServerProcess, call_sid: str) -> CallDetail:
@@ -158,10 +163,20 @@ async def test_explicit_request_and_anger_are_handoffs_with_reasons(server: Serv
     assert angry[0].sentiment is not None and angry[0].sentiment <= -0.6, summary(detail)
     assert angry[0].bot_text.lower().startswith("i'm really sorry"), summary(detail)
 
-    call = await converse(server.ws_url, ["Can I speak to a real person please?"])
-    detail = await wait_turns(server, call.call_sid, 1)
-    asked = [t for t in caller_turns(detail) if t.route == "handoff" and t.intent == "human"]
-    assert asked, summary(detail)
+    # What is tested here is the route, not tiny.en: a phrasing it mishears ("Can I speak very
+    # often, please?" once) is followed by another one, and the route is checked on whichever
+    # reached the brain with its words intact.
+    heard = []
+    for phrasing in HUMAN_REQUESTS:
+        call = await converse(server.ws_url, [phrasing])
+        detail = await wait_turns(server, call.call_sid, 1)
+        turns = caller_turns(detail)
+        heard.append(summary(detail))
+        if any(re.search(r"\b(person|human|agent|someone)\b", t.caller_text, re.I) for t in turns):
+            asked = [t for t in turns if t.route == "handoff" and t.intent == "human"]
+            assert asked, summary(detail)
+            return
+    raise AssertionError("the ASR heard none of the requests for a person:\n" + "\n".join(heard))
 
 
 # --------------------------------------------------------------------------- PII

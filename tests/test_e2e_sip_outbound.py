@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,19 +79,7 @@ def cli_statuses(result: subprocess.CompletedProcess[str], call_id: str) -> list
 
 
 def api(server: ServerProcess, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"{server.url}/api{path}", data=data, method=method, headers=server.api_headers
-    )
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=15) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    return status, json.loads(raw or b"{}")
+    return server.api(method, path, body)
 
 
 def dial(server: ServerProcess, to: str, **extra: Any) -> dict[str, Any]:

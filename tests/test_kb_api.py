@@ -73,9 +73,7 @@ def explain(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def api(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server.url, timeout=HTTP_TIMEOUT_S, trust_env=False, headers=server.api_headers
-    ) as client:
+    with server.http_client(HTTP_TIMEOUT_S) as client:
         yield client
 
 

@@ -12,12 +12,9 @@ and BYE for a late 200) and its late end does not change the call's outcome.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,19 +32,7 @@ NO_ANSWER_WITHIN_S = 3.5
 
 
 def api(server: ServerProcess, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"{server.url}/api{path}", data=data, method=method, headers=server.api_headers
-    )
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=15) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    return status, json.loads(raw or b"{}")
+    return server.api(method, path, body)
 
 
 @pytest.fixture

@@ -175,9 +175,7 @@ def test_cli_output_escapes_control_characters_in_stored_data(offline: Path, tmp
 
 @pytest.fixture(scope="module")
 def api(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server.url, timeout=HTTP_TIMEOUT_S, trust_env=False, headers=server.api_headers
-    ) as client:
+    with server.http_client(HTTP_TIMEOUT_S) as client:
         yield client
 
 

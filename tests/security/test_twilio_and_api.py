@@ -112,44 +112,6 @@ async def test_control_characters_in_parameters_are_refused(server: ServerProces
     assert "\n2026-01-01 INFO forged" not in server.log_text()
 
 
-# --------------------------------------------------------------------------- 2. atomic admission
-
-
-@pytest.fixture(scope="module")
-def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from serve_for_tests(tmp_path_factory, "capacity", {"VOICEBOT_MAX_CALLS": "16"})
-
-
-@pytest.mark.timeout(180)
-async def test_24_simultaneous_streams_admit_exactly_16(small_server: ServerProcess) -> None:
-    calls = [TwilioCall(small_server.ws_url, send_silence=False) for _ in range(24)]
-    for call in calls:
-        await call.open()
-    # Every `start` goes out at the same moment.
-    await asyncio.gather(*(c.send_json({"event": "connected", "protocol": "Call"}) for c in calls))
-    await asyncio.gather(*(c.send_start() for c in calls))
-    refused: list[TwilioCall] = []
-    for call in calls:
-        try:
-            code, _reason = await call.wait_closed(timeout=4)
-        except TimeoutError:
-            continue
-        assert code == 1013, (code, _reason)
-        refused.append(call)
-    try:
-        assert len(refused) == 8, f"{24 - len(refused)} admitted against a limit of 16"
-        status, health = small_server.health()
-        assert status == 200 and health["active_calls"] == 16, health
-    finally:
-        await asyncio.gather(*(c.stop() for c in calls))
-    # The slots come back once the calls end.
-    for _ in range(40):
-        if small_server.health()[1].get("active_calls") == 0:
-            break
-        await asyncio.sleep(0.25)
-    assert small_server.health()[1]["active_calls"] == 0
-
-
 # --------------------------------------------------------------------------- 3. memory belongs to its call
 
 
