@@ -307,6 +307,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield from serve_for_tests(tmp_path_factory, "voicebot-server")
 
 
+@pytest.fixture(scope="session")
+def capacity_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server admitting 16 calls, with no per-source INVITE rate (24 INVITEs come from one sipp)."""
+    env = {"VOICEBOT_MAX_CALLS": "16", "VOICEBOT_SIP_INVITE_RATE": "0"}
+    yield from serve_for_tests(tmp_path_factory, "capacity", env)
+
+
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 

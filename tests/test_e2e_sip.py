@@ -28,6 +28,7 @@ import sip_peers as sp
 from audio import SAMPLE_RATE, match_answer, read_wav, speak, transcribe
 from conftest import REPO_ROOT, TRANSFER_URI, ServerProcess
 
+from voicebot.storage.numbers import NumberVault
 from voicebot.storage.records import CallDetail, Records
 
 pytestmark = [
@@ -80,23 +81,27 @@ def find_call(
     ended: bool = True,
     timeout: float = 20.0,
 ) -> CallDetail:
-    """The call whose SIP Call-ID is `stream_id` (or whose caller URI contains `from_like`), once
-    recorded (and ended, with `ended`)."""
+    """The call whose SIP Call-ID is `stream_id` (or whose caller is the SIP user `from_like`, found
+    the way `calls list --number` finds it: numbers are stored encrypted), once recorded (and
+    ended, with `ended`)."""
     if stream_id is not None:
         where, arg = "stream_id = ?", stream_id
     else:
         assert from_like is not None
-        where, arg = "from_number LIKE ?", f"%{from_like}%"
+        where, arg = "caller", from_like
     deadline = time.monotonic() + timeout
     state = "no row"
     while True:
         call_id = None
-        with contextlib.closing(sqlite3.connect(db_path(server), timeout=5)) as db:
-            row = db.execute(
-                f"SELECT id FROM calls WHERE {where} ORDER BY started_at DESC LIMIT 1",
-                (arg,),
-            ).fetchone()
-            call_id = row[0] if row else None
+        if stream_id is None:
+            call_id = _latest_call_of(server, from_like or "")
+        else:
+            with contextlib.closing(sqlite3.connect(db_path(server), timeout=5)) as db:
+                row = db.execute(
+                    f"SELECT id FROM calls WHERE {where} ORDER BY started_at DESC LIMIT 1",
+                    (arg,),
+                ).fetchone()
+                call_id = row[0] if row else None
         if call_id is not None:
             store = Records(server.database_url, run_migrations=False)
             try:
@@ -109,6 +114,16 @@ def find_call(
         if time.monotonic() >= deadline:
             raise AssertionError(f"no {'ended ' if ended else ''}call with {where} {arg!r} ({state})")
         time.sleep(0.2)
+
+
+def _latest_call_of(server: ServerProcess, number: str) -> str | None:
+    key = (server.data_dir / "secret.key").read_bytes().strip()
+    store = Records(server.database_url, run_migrations=False, numbers=NumberVault("encrypt", key))
+    try:
+        found = store.list_calls(limit=1, number=number)
+    finally:
+        store.close()
+    return found[0].id if found else None
 
 
 def recording_file(server: ServerProcess, detail: CallDetail) -> Path:

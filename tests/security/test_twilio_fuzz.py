@@ -4,7 +4,8 @@ Each example opens a real Media Streams WebSocket and sends `connected` and a `s
 custom parameters and media format are drawn from valid and hostile values. The server must
 classify it exactly: a start it should refuse closes with 1008; a valid one is admitted (or, at
 capacity, closed with 1013). After the run: no file outside the data dir, no raw control character
-in the server log, no traceback, /health is 200 and a normal call works.
+in the server log, no traceback, /health is 200 and a normal call works. Valid starts may meet
+the server's limit of 16 calls (1013): the calls of earlier examples are still winding down.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServerProcess, serve_for_tests
+from conftest import ServerProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twilio_client import TwilioCall
@@ -114,22 +114,16 @@ def exchange(url: str, start: dict[str, Any]) -> tuple[str, int | None]:
         return "admitted", None
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from serve_for_tests(tmp_path_factory, "fuzz", {"VOICEBOT_MAX_CALLS": "64"})
-
-
-def _files_outside(roots: list[Path]) -> set[str]:
-    found: set[str] = set()
-    for root in roots:
-        found |= {str(p) for p in root.glob("voicebot-fuzz*")}
-        found |= {str(p) for p in root.rglob("*.wav") if "pytest" not in str(p) and ".venv" not in str(p)}
+def _files_outside(repo: Path) -> set[str]:
+    """What the hostile ids would have created: /tmp/voicebot-fuzz*, and recordings in the checkout."""
+    found = {str(p) for p in Path("/tmp").glob("voicebot-fuzz*")}
+    found |= {str(p) for p in repo.rglob("*.wav") if ".venv" not in p.parts}
     return found
 
 
 @pytest.mark.timeout(900)
-def test_start_message_fuzz(fuzz_server: ServerProcess) -> None:
-    watched = [Path("/tmp"), Path(__file__).resolve().parents[2]]
+def test_start_message_fuzz(capacity_server: ServerProcess) -> None:
+    watched = Path(__file__).resolve().parents[2]
     before = _files_outside(watched)
     outcomes: dict[str, int] = {}
 
@@ -157,7 +151,7 @@ def test_start_message_fuzz(fuzz_server: ServerProcess) -> None:
             "customParameters": params,
             "mediaFormat": media_format,
         }
-        outcome, code = exchange(fuzz_server.ws_url, start)
+        outcome, code = exchange(capacity_server.ws_url, start)
         key = f"{outcome}:{code}"
         outcomes[key] = outcomes.get(key, 0) + 1
         if should_admit(start):
@@ -169,18 +163,18 @@ def test_start_message_fuzz(fuzz_server: ServerProcess) -> None:
     print(f"\nfuzz: {sum(outcomes.values())} examples, outcomes {outcomes}")
     assert sum(outcomes.values()) >= EXAMPLES
     assert _files_outside(watched) == before
-    data_dir = fuzz_server.data_dir.resolve()
+    data_dir = capacity_server.data_dir.resolve()
     assert all(p.resolve().is_relative_to(data_dir) for p in data_dir.rglob("*"))
-    log = fuzz_server.log_path.read_bytes().decode("utf-8", "replace")
+    log = capacity_server.log_path.read_bytes().decode("utf-8", "replace")
     raw = [line for line in log.split("\n") if re.search(r"[\x00-\x08\x0b-\x1f\x7f]", line)]
     assert not raw, raw[:5]
     assert "Traceback" not in log
-    assert fuzz_server.health()[0] == 200
+    assert capacity_server.health()[0] == 200
 
 
 @pytest.mark.timeout(120)
-async def test_a_normal_call_works_after_the_fuzz(fuzz_server: ServerProcess) -> None:
-    async with TwilioCall(fuzz_server.ws_url, call_sid="CA" + uuid.uuid4().hex) as call:
+async def test_a_normal_call_works_after_the_fuzz(capacity_server: ServerProcess) -> None:
+    async with TwilioCall(capacity_server.ws_url, call_sid="CA" + uuid.uuid4().hex) as call:
         greeting = await call.hear_greeting(timeout=20)
         await call.stop()
     assert greeting.complete
