@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYS_STAMP := $(VENV)/.system-packages
-APT_PACKAGES := espeak-ng sox libsox-fmt-all redis-server sip-tester baresip-core linphone-cli
+APT_PACKAGES := espeak-ng sox libsox-fmt-all redis-server sip-tester baresip-core linphone-cli postgresql
 
 .PHONY: run test lint bench system venv clean
 
@@ -14,6 +14,7 @@ run: $(STAMP)
 
 test: $(STAMP) $(SYS_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

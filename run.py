@@ -2,7 +2,7 @@
 
 import sys
 
-from voicebot.cli import main
+from voicebot.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Dialogue time per turn, by route; the LLM's speed; and how fast a turn falls back when the LLM is down.
 
-Runs the real policy (`voicebot.policy.Brain`: sentiment, slots, intent, hybrid retrieval over a
-milvus-lite copy of the demo knowledge base) and the real generation path (`voicebot.generation`:
+Runs the real policy (`voicebot.dialogue.policy.Brain`: sentiment, slots, intent, hybrid retrieval over a
+milvus-lite copy of the demo knowledge base) and the real generation path (`voicebot.dialogue.generation`:
 llama.cpp on the bundled Gemma 3 270M, clause splitting, grounding check), in process, without audio:
 the figure is the dialogue's share of voice-to-voice, from the final transcript to the first text
 handed to TTS.
@@ -35,12 +35,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llm import LLMBackend, make_backend
 from voicebot.config import Settings
-from voicebot.embeddings import load_embedder
-from voicebot.generation import GenerationOutcome, speak_generated
-from voicebot.intents import IntentClassifier
+from voicebot.nlu.embeddings import load_embedder
+from voicebot.dialogue.generation import GenerationOutcome, speak_generated
+from voicebot.nlu.intents import IntentClassifier
 from voicebot.kb import DEMO_FAQ, KnowledgeBase, load_thresholds
-from voicebot.memory import Memory
-from voicebot.policy import Brain, Decision, Thresholds
+from voicebot.dialogue.memory import Memory
+from voicebot.dialogue.policy import Brain, Decision, Thresholds
 
 CALIBRATION = Path(__file__).resolve().parents[1] / "voicebot" / "demo" / "calibration.csv"
 

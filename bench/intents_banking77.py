@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from voicebot.intents import IntentClassifier, confused_pairs, fit_model, query_vectors, time_single
+from voicebot.nlu.intents import IntentClassifier, confused_pairs, fit_model, query_vectors, time_single
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"
 
@@ -65,7 +65,7 @@ class OnnxMiniLM:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from voicebot.embeddings import resolve_model_dir
+        from voicebot.nlu.embeddings import resolve_model_dir
 
         model_dir = resolve_model_dir("minilm")
         if not path.exists():
@@ -146,7 +146,7 @@ def main() -> int:
             f"embedder minilm (onnxruntime, {args.onnx_path}): ready in {time.perf_counter() - started:.1f} s"
         )
     elif args.embedder != "none":
-        from voicebot.embeddings import load_embedder
+        from voicebot.nlu.embeddings import load_embedder
 
         started = time.perf_counter()
         embedder = load_embedder(args.embedder)

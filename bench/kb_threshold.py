@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from voicebot.embeddings import EMBEDDERS, load_embedder
+from voicebot.nlu.embeddings import EMBEDDERS, load_embedder
 from voicebot.kb import DEMO_FAQ, KnowledgeBase, calibrate, observe, read_calibration_csv
-from voicebot.kb_cli import print_calibration
+from voicebot.cli.kb import print_calibration
 
 DEMO_CALIBRATION = DEMO_FAQ.with_name("calibration.csv")
 

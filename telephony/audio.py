@@ -8,7 +8,6 @@ from typing import Final
 import numpy as np
 import soxr
 from numpy.typing import NDArray
-from pipecat.frames.frames import OutputAudioRawFrame
 
 # Band edges as fractions of the lower rate: 3.4 kHz passband and 4.4 kHz stopband at 8 kHz.
 # Content between 4.0 and 4.4 kHz folds to 3.6-4.0 kHz, above the telephone band.
@@ -93,11 +92,12 @@ class StreamResampler:
         return np.convolve(padded, self._taps, mode="valid").astype(np.float32)
 
 
-def mono(frame: OutputAudioRawFrame) -> NDArray[np.int16]:
-    pcm = np.frombuffer(frame.audio, dtype="<i2")
-    if frame.num_channels == 1:
+def mono(audio: bytes, channels: int) -> NDArray[np.int16]:
+    """16-bit little-endian PCM with `channels` interleaved channels, mixed down to one."""
+    pcm = np.frombuffer(audio, dtype="<i2")
+    if channels == 1:
         return pcm
-    usable = len(pcm) - len(pcm) % frame.num_channels
-    frames = pcm[:usable].reshape(-1, frame.num_channels).astype(np.int32)
-    mixed: NDArray[np.int16] = (frames.sum(axis=1) // frame.num_channels).astype(np.int16)
+    usable = len(pcm) - len(pcm) % channels
+    frames = pcm[:usable].reshape(-1, channels).astype(np.int32)
+    mixed: NDArray[np.int16] = (frames.sum(axis=1) // channels).astype(np.int16)
     return mixed

@@ -79,7 +79,7 @@ def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
 async def test_vad_analyzers_share_the_model_but_not_the_state() -> None:
     from pipecat.audio.vad.vad_analyzer import VADState
 
-    from asr.turn import make_vad
+    from voicebot.calls.turns import make_vad
 
     speech = (line_audio_16k(QUESTIONS[0]) * 32767).astype(np.int16)
     audio = np.concatenate([np.zeros(8000, np.int16), speech, np.zeros(16000, np.int16)]).tobytes()
@@ -119,6 +119,6 @@ async def test_vad_analyzers_share_the_model_but_not_the_state() -> None:
     ],
 )
 def test_text_completeness(text: str, complete: bool) -> None:
-    from asr.turn import text_looks_complete
+    from voicebot.calls.turns import text_looks_complete
 
     assert text_looks_complete(text) is complete

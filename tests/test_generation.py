@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from llm import STOP, LLMError
-from voicebot.generation import GenerationOutcome, speak_generated
-from voicebot.policy import GenerationPlan
+from voicebot.dialogue.generation import GenerationOutcome, speak_generated
+from voicebot.dialogue.policy import GenerationPlan
 
 DELIVERY = (
     "Standard delivery takes three to five business days. "

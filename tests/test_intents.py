@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli_in
 
-from voicebot.intents import (
+from voicebot.nlu.intents import (
     BUILTIN_INTENTS,
     IntentClassifier,
     IntentDataError,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import voicebot.kb as kb_module
-from voicebot.embeddings import Embedder, lazy_embedder, load_embedder
+from voicebot.nlu.embeddings import Embedder, lazy_embedder, load_embedder
 from voicebot.kb import (
     DEMO_FAQ,
     MAX_CHUNK_CHARS,

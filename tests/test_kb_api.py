@@ -26,11 +26,11 @@ from conftest import REPO_ROOT, ServerProcess, free_port, server_env
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from voicebot.api import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, _CacheWarmer, _source
-from voicebot.api import router as api_router
+from voicebot.web.api import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, _CacheWarmer, _source
+from voicebot.web.api import router as api_router
 from voicebot.config import Settings
 from voicebot.kb import IngestReport, KnowledgeBase
-from voicebot.kb_cli import multipart, server_url
+from voicebot.cli.kb import multipart, server_url
 from voicebot.storage.keys import ApiKeys
 from voicebot.storage.records import Records
 

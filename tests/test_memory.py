@@ -23,7 +23,7 @@ from redis.retry import Retry
 from test_state import _free_port, data_dir, embedded, server, server_url  # noqa: F401
 
 from voicebot.config import Settings
-from voicebot.memory import KEY_PREFIX, Memory, MemoryStore, load_or_create_key
+from voicebot.dialogue.memory import KEY_PREFIX, Memory, MemoryStore, load_or_create_key
 from voicebot.storage.state import close_redis, open_redis
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_wrong_key_and_corrupt_data_give_empty_memory(
 ) -> None:
     MemoryStore(rclient, ttl_secs=60, max_turns=6, key=KEY).save("call-4", _sample())
     other = MemoryStore(rclient, ttl_secs=60, max_turns=6, key=Fernet.generate_key())
-    with caplog.at_level(logging.WARNING, logger="voicebot.memory"):
+    with caplog.at_level(logging.WARNING, logger="voicebot.dialogue.memory"):
         assert other.load("call-4") == Memory()
     assert "undecryptable" in caplog.text and "call-4" in caplog.text
 
@@ -102,7 +102,7 @@ def test_wrong_key_and_corrupt_data_give_empty_memory(
     rclient.set(KEY_PREFIX + "call-5", "not a fernet token")
     rclient.set(KEY_PREFIX + "call-6", Fernet(KEY).encrypt(b'{"v": 1, "turns": "oops"}'))
     rclient.set(KEY_PREFIX + "call-7", Fernet(KEY).encrypt(b"\xff\xfe"))
-    with caplog.at_level(logging.WARNING, logger="voicebot.memory"):
+    with caplog.at_level(logging.WARNING, logger="voicebot.dialogue.memory"):
         assert store.load("call-5") == Memory()
         assert store.load("call-6") == Memory()
         assert store.load("call-7") == Memory()
@@ -112,7 +112,7 @@ def test_wrong_key_and_corrupt_data_give_empty_memory(
 def test_redis_down_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     dead = redis.Redis(port=_free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     store = MemoryStore(dead, ttl_secs=60, max_turns=6, key=KEY)
-    with caplog.at_level(logging.WARNING, logger="voicebot.memory"):
+    with caplog.at_level(logging.WARNING, logger="voicebot.dialogue.memory"):
         assert store.load("call-8") == Memory()
         store.save("call-8", _sample())
         store.forget("call-8")
@@ -123,7 +123,7 @@ _WRITER = """
 import sys
 from pathlib import Path
 from voicebot.config import Settings
-from voicebot.memory import Memory, MemoryStore, load_or_create_key
+from voicebot.dialogue.memory import Memory, MemoryStore, load_or_create_key
 from voicebot.storage.state import close_redis, open_redis
 
 settings = Settings(data_dir=Path(sys.argv[1]), redis_url=sys.argv[2])
@@ -193,7 +193,7 @@ def test_configured_key_wins_and_bad_keys_are_clear_errors(tmp_path: Path) -> No
 def test_loose_key_file_permissions_are_tightened(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     key = load_or_create_key("", tmp_path)
     (tmp_path / "secret.key").chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="voicebot.memory"):
+    with caplog.at_level(logging.WARNING, logger="voicebot.dialogue.memory"):
         assert load_or_create_key("", tmp_path) == key
     assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600 and "readable by others" in caplog.text
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebot.pii import PATTERNS, RedactingFilter, Redactor, install, parse_patterns
-from voicebot.slots import luhn_ok
+from voicebot.nlu.pii import PATTERNS, RedactingFilter, Redactor, install, parse_patterns
+from voicebot.nlu.slots import luhn_ok
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 R = Redactor()

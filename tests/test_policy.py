@@ -16,11 +16,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from voicebot.embeddings import Embedder, load_embedder
-from voicebot.intents import IntentClassifier
+from voicebot.nlu.embeddings import Embedder, load_embedder
+from voicebot.nlu.intents import IntentClassifier
 from voicebot.kb import DEMO_FAQ, KnowledgeBase
-from voicebot.memory import Memory
-from voicebot.policy import (
+from voicebot.dialogue.memory import Memory
+from voicebot.dialogue.policy import (
     DECLINED,
     EMPATHY,
     EMPATHY_BELOW,
@@ -37,7 +37,7 @@ from voicebot.policy import (
     GenerationPlan,
     Thresholds,
 )
-from voicebot.sentiment import analyze
+from voicebot.nlu.sentiment import analyze
 
 THRESHOLDS = Thresholds(answer=0.57, related=0.46, clarify_margin=0.15)
 SPOKEN_ORDER = "4 5 7 1 2"

@@ -15,7 +15,7 @@ from redis.retry import Retry
 # `rclient` (every test once per backend), so no test parameter shadows an import.
 from test_state import _free_port, data_dir, embedded, server, server_url  # noqa: F401
 
-from voicebot.ratelimit import RateLimiter, Verdict
+from voicebot.storage.ratelimit import RateLimiter, Verdict
 
 NUMBER = "+15551234567"
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from voicebot.sentiment import Sentiment, analyze
+from voicebot.nlu.sentiment import Sentiment, analyze
 
 HANDOFF = -0.6  # the default sentiment_handoff setting
 

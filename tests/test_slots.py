@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from voicebot.slots import digit_runs, extract_slots, luhn_ok
+from voicebot.nlu.slots import digit_runs, extract_slots, luhn_ok
 
 TODAY = date(2025, 3, 12)  # a Wednesday
 

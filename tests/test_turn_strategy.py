@@ -21,7 +21,7 @@ from pipecat.turns.user_start import VADUserTurnStartStrategy
 from pipecat.turns.user_turn_processor import UserTurnProcessor
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
-from asr.turn import TranscriptAwareTurnStopStrategy
+from voicebot.calls.turns import TranscriptAwareTurnStopStrategy
 
 STOP_SECS = 0.2
 GRACE_SECS = 0.5

@@ -39,7 +39,7 @@ from starlette.testclient import TestClient
 
 from telephony.g711 import ulaw_decode, ulaw_encode
 from telephony.twilio.messages import ProtocolError, Start, mark_message
-from telephony.twilio.serializer import (
+from voicebot.calls.twilio_serializer import (
     FRAME_BYTES,
     StreamResampler,
     TwilioMediaStreamSerializer,

@@ -268,7 +268,7 @@ class Settings(BaseSettings):
     @field_validator("pii_redact")
     @classmethod
     def _known_patterns(cls, value: str) -> str:
-        from voicebot.pii import parse_patterns
+        from voicebot.nlu.pii import parse_patterns
 
         parse_patterns(value)  # ValueError names the patterns it knows
         return value

@@ -60,13 +60,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from voicebot.embeddings import embedder_name, passage_vectors, query_vectors
+from voicebot.nlu.embeddings import embedder_name, passage_vectors, query_vectors
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
     from voicebot.config import Settings
-    from voicebot.embeddings import Embedder
+    from voicebot.nlu.embeddings import Embedder
 
 DEMO_FAQ = Path(__file__).resolve().parent / "demo" / "faq.csv"
 
@@ -1040,7 +1040,7 @@ def open_kb(settings: Settings, embedder: Embedder | None = None) -> KnowledgeBa
     """The knowledge base the settings describe: their embedder (unless one is given) and the lexical
     weight `load_thresholds` gives."""
     if embedder is None:
-        from voicebot.embeddings import load_embedder
+        from voicebot.nlu.embeddings import load_embedder
 
         embedder = load_embedder(str(getattr(settings, "embedder", _LEGACY_EMBEDDER)))
     return KnowledgeBase(

@@ -30,7 +30,7 @@ def configure_logging(level: str, redact_patterns: str = "") -> None:
     """Log to stderr; with redaction on, no log line carries a phone or card number in clear."""
     from loguru import logger as loguru_logger
 
-    from voicebot.pii import RedactingFilter, Redactor, parse_patterns
+    from voicebot.nlu.pii import RedactingFilter, Redactor, parse_patterns
 
     logging.basicConfig(
         level=level.upper(),

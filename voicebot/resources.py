@@ -8,17 +8,29 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from asr.engine import WhisperEngine
 from asr.models import resolve_model
-from asr.turn import preload as preload_turn_model
 from tts.cache import AudioCache
 from tts.piper import PiperSynth
+from voicebot.calls.turns import preload as preload_turn_model
 from voicebot.config import Settings
-from voicebot.policy import Brain
+from voicebot.dialogue.policy import Brain
+
+if TYPE_CHECKING:  # loaded lazily below, so a CLI that needs one store doesn't pay for all
+    import redis
+
+    from llm import LLMBackend
+    from voicebot.dialogue.memory import MemoryStore
+    from voicebot.kb import KnowledgeBase
+    from voicebot.nlu.intents import IntentClassifier
+    from voicebot.nlu.pii import Redactor
+    from voicebot.storage.ratelimit import RateLimiter
+    from voicebot.storage.records import Records
+    from voicebot.storage.state import LiveCalls
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +46,14 @@ class Resources:
     engine: WhisperEngine
     synth: PiperSynth
     cache: AudioCache | None
-    kb: Any
+    kb: KnowledgeBase
     brain: Brain
-    records: Any
-    redis: Any
-    live: Any
-    memory: Any  # voicebot.memory.MemoryStore
-    limiter: Any  # voicebot.ratelimit.RateLimiter
-    llm: Any = None  # llm.LLMBackend, or None for 'none'
+    records: Records
+    redis: redis.Redis
+    live: LiveCalls
+    memory: MemoryStore
+    limiter: RateLimiter
+    llm: LLMBackend | None = None  # None: VOICEBOT_LLM=none, or the backend failed to load
 
 
 def _asr_device(setting: str) -> str:
@@ -71,7 +83,7 @@ def load_engine(settings: Settings) -> WhisperEngine:
     return engine
 
 
-def load_llm(settings: Settings) -> Any:
+def load_llm(settings: Settings) -> LLMBackend | None:
     """The configured answer generator, or None for 'none'. A broken backend is logged, not fatal:
     calls go on with knowledge-base answers."""
     if settings.llm == "none":
@@ -94,10 +106,10 @@ def load_llm(settings: Settings) -> Any:
         return None
 
 
-def load_intents(model: Path | None, kb: Any, threshold: float) -> Any:
+def load_intents(model: Path | None, kb: KnowledgeBase, threshold: float) -> IntentClassifier:
     """The intent classifier, sharing the knowledge base's embedder when the model was trained with
     the same one (then a turn embeds its text once, for both)."""
-    from voicebot.intents import IntentClassifier
+    from voicebot.nlu.intents import IntentClassifier
 
     try:
         return IntentClassifier.load(model, embedder=kb.embedder, threshold=threshold)
@@ -105,9 +117,9 @@ def load_intents(model: Path | None, kb: Any, threshold: float) -> Any:
         return IntentClassifier.load(model, threshold=threshold)
 
 
-def load_brain(settings: Settings, kb: Any, llm_enabled: bool) -> Brain:
+def load_brain(settings: Settings, kb: KnowledgeBase, llm_enabled: bool) -> Brain:
+    from voicebot.dialogue.policy import Thresholds
     from voicebot.kb import load_thresholds
-    from voicebot.policy import Thresholds
 
     model = (
         Path(settings.intents_model)
@@ -134,11 +146,11 @@ def load_brain(settings: Settings, kb: Any, llm_enabled: bool) -> Brain:
 
 
 def load_resources(settings: Settings) -> Resources:
-    from voicebot.embeddings import load_embedder
+    from voicebot.dialogue.memory import MemoryStore, load_or_create_key
     from voicebot.kb import KnowledgeBase, ensure_demo, load_thresholds
-    from voicebot.memory import MemoryStore, load_or_create_key
-    from voicebot.ratelimit import RateLimiter
+    from voicebot.nlu.embeddings import load_embedder
     from voicebot.storage.numbers import NumberVault
+    from voicebot.storage.ratelimit import RateLimiter
     from voicebot.storage.records import Records
     from voicebot.storage.state import LiveCalls, open_redis
 
@@ -204,8 +216,8 @@ def load_resources(settings: Settings) -> Resources:
     )
 
 
-def make_redactor(settings: Settings) -> Any:
-    from voicebot.pii import Redactor, parse_patterns
+def make_redactor(settings: Settings) -> Redactor | None:
+    from voicebot.nlu.pii import Redactor, parse_patterns
 
     patterns = parse_patterns(settings.pii_redact)
     return Redactor(patterns) if patterns else None

@@ -1,9 +1,11 @@
 """The SIP gateway: a UDP endpoint that runs the sans-IO agent, and one RTP session per call.
 
-It hands the application one :class:`SipCallTransport` per answered call (inbound or outbound),
-through the ``on_call`` coroutine, and places calls with :meth:`SipGateway.place_call` (the
-dialer interface). Policy that is the gateway's own lives here: capacity (486), codec choice
-(488), the allowlist and INVITE rate (:mod:`telephony.sip.guard`), ring and media timeouts.
+It hands the application one :class:`SipCallHandle` per answered call (inbound or outbound),
+through the ``on_call`` coroutine: the RTP session that carries its media, its state, and the
+application's own id for it (``tag``). It knows nothing of what the application runs on a call.
+It places calls with :meth:`SipGateway.place_call` (the dialer interface). Policy that is the
+gateway's own lives here: capacity (486), codec choice (488), the allowlist and INVITE rate
+(:mod:`telephony.sip.guard`), ring and media timeouts.
 """
 
 from __future__ import annotations
@@ -38,9 +40,8 @@ from telephony.sip.agent import (
 from telephony.sip.dialpolicy import AllowList, OwnSip, destination_refusal, target_refusal
 from telephony.sip.guard import Guard, parse_networks
 from telephony.sip.media import RtpSession
-from telephony.sip.message import SipParseError, parse_uri
+from telephony.sip.message import SipParseError, SipUri, parse_uri
 from telephony.sip.sdp import SdpError, accept_answer, build_answer, build_offer, negotiate, parse_sdp
-from telephony.sip.transport import SipCallTransport
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,25 @@ class Refusal:
     reason: str
 
 
-#: Decides whether an incoming call may start (from its caller and source); None admits it. An
-#: admission may reserve a call slot: `release` gives it back when the call never reaches the app.
-Admission = Callable[[SipCall], "Refusal | None"]
-Release = Callable[[SipCall], None]
+@dataclass(frozen=True)
+class Admitted:
+    """The application takes an incoming call, under its own id for it (carried on the handle)."""
+
+    tag: str = ""
+
+
+#: Decides whether an incoming call may start (from its caller and source). An admission may
+#: reserve a call slot and a record: `release` gives them back when the call never reaches the app.
+Admission = Callable[[SipCall], Awaitable["Admitted | Refusal"]]
+Release = Callable[[str, str], Awaitable[None]]  # (tag, why the call never started)
+
+
+async def admit_every_call(_call: SipCall) -> Admitted:
+    return Admitted()
+
+
+async def release_nothing(_tag: str, _reason: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -84,8 +100,6 @@ class SipConfig:
     ring_timeout: float = 30.0
     rtp_timeout: float = 60.0
     user_agent: str = "voicebot"
-    in_rate: int = 16000
-    out_rate: int = 16000
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ class SipCallHandle:
     status: str = "calling"  # calling, ringing, answered, ended (outbound); answered, ended (inbound)
     outcome: str = ""  # final: answered, busy, no-answer, rejected, failed, cancelled, hangup
     reason: str = ""
-    transport: SipCallTransport | None = None
+    tag: str = ""  # the application's own id for the call, given at admission or when dialling
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[[SipCallHandle], None]] = field(default_factory=list)
@@ -152,7 +166,7 @@ class SipCallHandle:
                 log.exception("call status listener failed")
 
 
-CallHandler = Callable[[SipCallTransport, SipCallHandle], Awaitable[None]]
+CallHandler = Callable[[SipCallHandle], Awaitable[None]]
 
 
 class SipGateway(asyncio.DatagramProtocol):
@@ -160,8 +174,8 @@ class SipGateway(asyncio.DatagramProtocol):
         self,
         config: SipConfig,
         on_call: CallHandler,
-        admit: Admission = lambda _call: None,
-        release: Release = lambda _call: None,
+        admit: Admission = admit_every_call,
+        release: Release = release_nothing,
     ) -> None:
         self.config = config
         self._on_call = on_call
@@ -245,6 +259,7 @@ class SipGateway(asyncio.DatagramProtocol):
         self,
         target: str,
         *,
+        tag: str = "",
         listener: Callable[[SipCallHandle], None] | None = None,
         ring_timeout: float | None = None,
     ) -> SipCallHandle:
@@ -253,18 +268,9 @@ class SipGateway(asyncio.DatagramProtocol):
         Raises ValueError for a bad target, or one :mod:`telephony.sip.dialpolicy` refuses (off
         ``config.dial_allow``; the bot itself, link-local, metadata, ...). The handle's ``outcome``
         tells how it went."""
-        try:
-            uri = parse_uri(target)
-        except SipParseError as err:
-            raise ValueError(f"bad SIP URI {target!r}: {err}") from None
-        if uri.scheme not in ("sip", "sips"):
-            raise ValueError(f"only sip: URIs can be dialled, not {target!r}")
+        uri = self.check_target(target)
         proxy = parse_uri(_as_uri(self.config.proxy)) if self.config.proxy else None
         own = self._own_sip()
-        # Before DNS: a name that is refused anyway is never looked up.
-        refusal = target_refusal(uri, self.config.dial_allow, own, proxy.host if proxy else "")
-        if refusal is not None:
-            raise ValueError(refusal)
         dest_host, dest_port = proxy.host_port() if proxy else uri.host_port()
         dest = (await self._resolve(dest_host.strip("[]")), dest_port)
         # After DNS, on the very address the INVITE goes to: a listed name may point anywhere.
@@ -277,13 +283,30 @@ class SipGateway(asyncio.DatagramProtocol):
         )
         creds = Credentials(self.config.username, self.config.password) if self.config.username else None
         sip_call = self.agent.invite(str(uri), offer, self._now(), dest=dest, credentials=creds)
-        handle = SipCallHandle(self, sip_call, media)
+        handle = SipCallHandle(self, sip_call, media, tag=tag)
         if listener is not None:
             handle.listeners.append(listener)
         self._handles[sip_call.key] = handle
         self._pump()
         self._spawn(self._ring_timeout(handle, ring_timeout or self.config.ring_timeout))
         return handle
+
+    def check_target(self, target: str) -> SipUri:
+        """The parsed target, if the dial policy lets it be dialled; raises ValueError.
+
+        Before DNS: a name that is refused anyway is never looked up. :meth:`place_call` checks
+        the address it resolves to as well."""
+        try:
+            uri = parse_uri(target)
+        except SipParseError as err:
+            raise ValueError(f"bad SIP URI {target!r}: {err}") from None
+        if uri.scheme not in ("sip", "sips"):
+            raise ValueError(f"only sip: URIs can be dialled, not {target!r}")
+        proxy = parse_uri(_as_uri(self.config.proxy)) if self.config.proxy else None
+        refusal = target_refusal(uri, self.config.dial_allow, self._own_sip(), proxy.host if proxy else "")
+        if refusal is not None:
+            raise ValueError(refusal)
+        return uri
 
     async def _ring_timeout(self, handle: SipCallHandle, seconds: float) -> None:
         try:
@@ -375,8 +398,9 @@ class SipGateway(asyncio.DatagramProtocol):
             return
         # The admission may take a call slot (atomically, for every worker): it is given back below
         # unless the call reaches the app, which releases it when the call ends.
-        refusal = self._admit(call)
-        if refusal is not None:
+        verdict = await self._admit(call)
+        if isinstance(verdict, Refusal):
+            refusal = verdict
             log.warning("SIP: refusing call %s from %s: %s", call.call_id, call.remote.uri, refusal.reason)
             retry = (("Retry-After", str(max(1, refusal.retry_after_s))),)
             agent.reject(call, refusal.status, self._now(), headers=retry)
@@ -384,14 +408,15 @@ class SipGateway(asyncio.DatagramProtocol):
             return
         handle: SipCallHandle | None = None
         try:
-            handle = await self._set_up(call, offer)
+            handle = await self._set_up(call, offer, verdict.tag)
         finally:
             if handle is None:  # refused, cancelled or failed before the app had it
-                self._release(call)
+                why = "caller hung up before the answer" if call.ended else "call could not be answered"
+                await self._release(verdict.tag, why)
         if handle is not None:
             await self._run(handle)
 
-    async def _set_up(self, call: SipCall, offer: bytes) -> SipCallHandle | None:
+    async def _set_up(self, call: SipCall, offer: bytes, tag: str) -> SipCallHandle | None:
         """Negotiate, ring, open RTP and answer; the handle, or None when the call did not start."""
         agent = self.agent
         try:
@@ -417,7 +442,7 @@ class SipGateway(asyncio.DatagramProtocol):
         answer = build_answer(
             parse_sdp(offer), negotiated, agent.config.host, media.local_port, _session_id(), 1
         )
-        handle = SipCallHandle(self, call, media, status="answered")
+        handle = SipCallHandle(self, call, media, status="answered", tag=tag)
         self._handles[call.key] = handle
         agent.accept(call, answer, self._now())
         self._pump()
@@ -492,18 +517,13 @@ class SipGateway(asyncio.DatagramProtocol):
         handle._set_status("ended")
         handle.ended.set()
         handle.media.close()
-        if handle.transport is not None:
-            self._spawn(handle.transport.disconnected(event.reason))
 
     async def _run(self, handle: SipCallHandle) -> None:
-        transport = SipCallTransport(handle.media, self.config.in_rate, self.config.out_rate)
-        handle.transport = transport
         try:
-            await self._on_call(transport, handle)
+            await self._on_call(handle)
         except Exception:
             log.exception("SIP call %s: the call handler failed", handle.call_id)
         finally:
-            transport.closed = True
             if handle.status != "ended":
                 self._hangup(handle)
 

@@ -24,7 +24,6 @@ from conftest import ServerProcess, run_cli_in
 from telephony.sip.dialpolicy import AllowList
 from telephony.sip.gateway import SipCallHandle, SipConfig, SipGateway
 from telephony.sip.message import SipRequest, make_response, parse_message, serialize
-from telephony.sip.transport import SipCallTransport
 
 RING_TIMEOUT_S = 2.0
 #: The call must be over this soon after it was placed (the finding: 32 s).
@@ -140,7 +139,7 @@ def test_ring_timeout_ends_an_unanswered_call_on_time(server: ServerProcess, sin
 # --------------------------------------------------------------------------- in process: the SIP side
 
 
-async def _no_call(_transport: SipCallTransport, _handle: SipCallHandle) -> None:
+async def _no_call(_handle: SipCallHandle) -> None:
     raise AssertionError("no call should reach the application")
 
 

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from conftest import ServerProcess, run_cli_in
 
-from voicebot.embeddings import load_embedder
+from voicebot.nlu.embeddings import load_embedder
 from voicebot.kb import KnowledgeBase, Record, embed_records
 
 HTTP_TIMEOUT_S = 120.0

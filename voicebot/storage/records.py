@@ -650,6 +650,15 @@ class Records:
             row = session.scalars(stmt).first()
             return None if row is None else _summary(row, 0)
 
+    def last_activity(self, call_id: str) -> datetime | None:
+        """When the call was last heard from: its latest turn, else its start. None: no such call."""
+        with self._read() as session:
+            row = session.get(CallRow, call_id)
+            if row is None:
+                return None
+            latest = session.scalar(select(func.max(TurnRow.started_at)).where(TurnRow.call_id == call_id))
+            return max(row.started_at, latest) if latest is not None else row.started_at
+
     def exists(self, call_id: str) -> bool:
         with self._read() as session:
             return session.get(CallRow, call_id) is not None
@@ -686,6 +695,10 @@ class Records:
     def set_transfer(self, call_id: str, target: str, status: str) -> None:
         """A handoff to a human: where to, and how it went (transferred, failed: 486, ...)."""
         self._update_call(call_id, transfer_target=target, transfer_status=status)
+
+    def set_gateway_ids(self, call_id: str, *, stream_id: str, external_id: str) -> None:
+        """The gateway's own ids for a call, once it has them (an outbound SIP call's Call-ID)."""
+        self._update_call(call_id, stream_id=stream_id, external_id=external_id)
 
     def set_recording(self, call_id: str, recording_path: str) -> None:
         self._update_call(call_id, recording_path=recording_path)

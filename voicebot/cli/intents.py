@@ -35,7 +35,7 @@ def default_model_path(settings: Any) -> Path:
 
 
 def run(settings: Any, args: argparse.Namespace) -> int:
-    from voicebot.intents import IntentDataError
+    from voicebot.nlu.intents import IntentDataError
 
     try:
         if args.intents_command == "train":
@@ -47,14 +47,14 @@ def run(settings: Any, args: argparse.Namespace) -> int:
 
 
 def _train(settings: Any, args: argparse.Namespace) -> int:
-    from voicebot.intents import read_examples, train
+    from voicebot.nlu.intents import read_examples, train
 
     out = Path(args.out) if args.out else default_model_path(settings)
     name = args.embedder or str(getattr(settings, "embedder", "minilm") or "minilm")
     read_examples(Path(args.csv))  # a bad file fails before a model loads
     embedder = None
     if name != NO_EMBEDDER:
-        from voicebot.embeddings import lazy_embedder
+        from voicebot.nlu.embeddings import lazy_embedder
 
         embedder = lazy_embedder(name)
     report = train(Path(args.csv), out, embedder, None if embedder is None else name)
@@ -66,7 +66,7 @@ def _train(settings: Any, args: argparse.Namespace) -> int:
 
 
 def _eval(settings: Any, args: argparse.Namespace) -> int:
-    from voicebot.intents import IntentClassifier, evaluate
+    from voicebot.nlu.intents import IntentClassifier, evaluate
 
     path = Path(args.model) if args.model else default_model_path(settings)
     if not path.is_file():
@@ -94,7 +94,7 @@ def _eval(settings: Any, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m voicebot.intents_cli ...`, for use before the command is wired into the main CLI."""
+    """`python -m voicebot.cli.intents ...`, for use before the command is wired into the main CLI."""
     from voicebot.config import get_settings
 
     parser = argparse.ArgumentParser(prog="voicebot")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from voicebot.embeddings import Embedder
+    from voicebot.nlu.embeddings import Embedder
 
 BUILTIN_INTENTS = ("human", "goodbye", "repeat", "start_over", "wait", "no", "yes", "thanks")
 DEFAULT_THRESHOLD = 0.5
@@ -452,7 +452,7 @@ def _matching_embedder(name: str, embedder: Embedder | None, path: Path) -> Embe
         return embedder
     if embedder is not None:
         raise ValueError(f"{path}: the intent model was trained with the {name!r} embedder, not {given!r}")
-    from voicebot.embeddings import lazy_embedder
+    from voicebot.nlu.embeddings import lazy_embedder
 
     return lazy_embedder(name)
 

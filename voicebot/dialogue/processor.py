@@ -1,7 +1,7 @@
 """The dialogue step of the pipeline: hear a caller turn, let the policy decide, speak, record.
 
-What to say is decided by `voicebot.policy.Brain` (intent, sentiment, slots, retrieval, memory); a
-generated answer streams through `voicebot.generation`, clause by clause, under its deadline. This
+What to say is decided by `voicebot.dialogue.policy.Brain` (intent, sentiment, slots, retrieval, memory); a
+generated answer streams through `voicebot.dialogue.generation`, clause by clause, under its deadline. This
 module owns the per-call flow: turn boundaries, barge-in, the call's memory, and the turn records.
 """
 
@@ -35,9 +35,9 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from llm import LLMBackend
-from voicebot.generation import GenerationOutcome, speak_generated
-from voicebot.memory import Memory, MemoryStore
-from voicebot.policy import HANDOFF_FAILED, NO_ANSWER, Brain, Decision, settle
+from voicebot.dialogue.generation import GenerationOutcome, speak_generated
+from voicebot.dialogue.memory import Memory, MemoryStore
+from voicebot.dialogue.policy import HANDOFF_FAILED, NO_ANSWER, Brain, Decision, settle
 
 log = logging.getLogger(__name__)
 

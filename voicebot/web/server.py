@@ -6,16 +6,16 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 
-from voicebot.auth import ensure_first_key, require_api_key
 from voicebot.config import Settings
 from voicebot.resources import Resources, close_resources, load_resources, warm_llm, warm_phrase_cache
-from voicebot.twilio_web import (
+from voicebot.web.auth import ensure_first_key, require_api_key
+from voicebot.web.twilio import (
     STREAM_PATH,
     VOICE_PATH,
     BadRequest,
@@ -23,6 +23,11 @@ from voicebot.twilio_web import (
     stream_parameters,
     stream_url,
 )
+
+if TYPE_CHECKING:  # loaded once the server starts, off the import path of `voicebot --help`
+    from voicebot.calls.sip import SipService
+    from voicebot.storage.keys import ApiKeys
+    from voicebot.storage.records import Records
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +39,10 @@ class AppState:
         self.error: str | None = None
         self.started = time.monotonic()
         self.calls: set[asyncio.Task] = set()
-        self.sip: Any = None  # voicebot.sip_app.SipService once started
+        self.sip: SipService | None = None
         self.sip_error: str | None = None
-        self.keys: Any = None  # voicebot.storage.keys.ApiKeys once the database is open
-        self._key_records: Any = None
+        self.keys: ApiKeys | None = None  # once the database is open
+        self._key_records: Records | None = None
 
     def open_keys(self) -> None:
         """The API key store, opened before the models load so keys work (and print) at once."""
@@ -73,7 +78,7 @@ class AppState:
             log.exception("phrase cache warm-up failed; answers will be synthesized live")
 
     async def start_sip(self) -> None:
-        from voicebot.sip_app import SipService
+        from voicebot.calls.sip import SipService
 
         assert self.resources is not None
         service = SipService(self.resources)
@@ -116,7 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     # The docs and schema are served below, behind the API key, instead of FastAPI's open ones.
     app = FastAPI(title="voicebot", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.voicebot = state
-    from voicebot.api import router as api_router
+    from voicebot.web.api import router as api_router
 
     app.include_router(api_router)
 
@@ -171,7 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.websocket(STREAM_PATH)
     async def twilio_stream(websocket: WebSocket) -> None:
-        from voicebot.session import refuse, run_twilio_call
+        from voicebot.calls.twilio import refuse, run_twilio_call
 
         signed = False
         if settings.twilio_auth_token:

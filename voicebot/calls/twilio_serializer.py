@@ -238,7 +238,7 @@ class TwilioMediaStreamSerializer(FrameSerializer):
         if sid is None:
             log.debug("%s: dropping audio sent before 'start'", self)
             return None
-        pcm = mono(frame)
+        pcm = mono(frame.audio, frame.num_channels)
         if frame.sample_rate != TWILIO_SAMPLE_RATE:
             pcm = self._output_resampler(frame.sample_rate).process(pcm)
         self._out_pending += ulaw_encode(pcm)

@@ -10,12 +10,12 @@ Routes, in the order they are considered:
 - ``clarify``: two different answers compete, so the bot asks which one the caller means.
 - ``kb_answer``: the top knowledge-base hit clears the direct-answer threshold.
 - ``generated``: the hits are related but not close enough; the LLM answers from them, and each clause
-  is spoken only if the grounding check passes (see `voicebot.generation`). When it cannot, the turn
+  is spoken only if the grounding check passes (see `voicebot.dialogue.generation`). When it cannot, the turn
   falls back to the best hit (``kb_fallback``) or to ``no_answer``.
 - ``no_answer``: nothing relevant; an apology and an offer of a human. Never an invented answer.
 
 `Brain.decide` is synchronous and fast (embedding, intent, retrieval: tens of milliseconds); it runs in
-a worker thread. Generation is asynchronous and lives in `voicebot.generation`.
+a worker thread. Generation is asynchronous and lives in `voicebot.dialogue.generation`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from voicebot.intents import IntentClassifier, IntentResult
-from voicebot.memory import Memory
-from voicebot.sentiment import Sentiment, analyze
-from voicebot.slots import extract_slots
+from voicebot.nlu.intents import IntentClassifier, IntentResult
+from voicebot.dialogue.memory import Memory
+from voicebot.nlu.sentiment import Sentiment, analyze
+from voicebot.nlu.slots import extract_slots
 
 NO_ANSWER = (
     "I'm sorry, I don't have information about that. Would you like me to connect you with a human agent?"
@@ -379,7 +379,7 @@ class Brain:
         return embed(text) if embed else None
 
     def _shares_embedder(self) -> bool:
-        from voicebot.embeddings import embedder_name
+        from voicebot.nlu.embeddings import embedder_name
 
         ours = self.intents.embedder_name
         return ours is not None and ours == embedder_name(getattr(self.kb, "embedder", None))

@@ -15,8 +15,8 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from telephony.twilio.messages import ProtocolError, Start
-from telephony.twilio.serializer import TwilioMediaStreamSerializer, read_start
 from telephony.twilio.stream import StreamSession
+from voicebot.calls.twilio_serializer import TwilioMediaStreamSerializer, read_start
 
 log = logging.getLogger(__name__)
 

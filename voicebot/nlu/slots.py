@@ -3,7 +3,7 @@
 The input is ASR text, so numbers come in every shape Whisper writes: "45712", "4 5 7 1 2",
 "4-5-7-1-2", "four five seven one two", "double seven", "forty five". `digit_runs` turns each
 stretch of such tokens into one `DigitRun` (its span in the text and its digits); both slot
-extraction and PII redaction (voicebot.pii) work on those runs, so they agree on what a number is.
+extraction and PII redaction (voicebot.nlu.pii) work on those runs, so they agree on what a number is.
 
 What decides a slot is the keyword before a number ("order number is", "acct", "reference",
 "call me on"), not the number's length alone: an order number and a price are both digits. A

@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from telephony.sip.agent import SipCall
 from telephony.sip.dialpolicy import AllowList
-from telephony.sip.gateway import Refusal, SipCallHandle, SipConfig, SipGateway
-from telephony.sip.transport import SipCallTransport
+from telephony.sip.gateway import Admitted, Refusal, SipCallHandle, SipConfig, SipGateway
+from voicebot.calls.admission import close_call, new_call_id, open_call, rate_limited
+from voicebot.calls.call import CallInfo
+from voicebot.calls.runner import INPUT_SAMPLE_RATE, run_call
+from voicebot.calls.sip_transport import SipCallTransport
 from voicebot.config import Settings
 from voicebot.resources import OUTPUT_SAMPLE_RATE, Resources
-from voicebot.session import (
-    INPUT_SAMPLE_RATE,
-    CallInfo,
-    admit_call,
-    rate_limited,
-    release_call,
-    run_call,
-)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +46,6 @@ def gateway_config(settings: Settings) -> SipConfig:
         transfer_uri=settings.sip_transfer_uri,
         ring_timeout=settings.sip_ring_timeout_secs,
         rtp_timeout=settings.sip_rtp_timeout_secs,
-        in_rate=INPUT_SAMPLE_RATE,
-        out_rate=OUTPUT_SAMPLE_RATE,
     )
 
 
@@ -79,18 +71,15 @@ class Placed:
 
 
 class SipService:
+    """The app's side of the SIP gateway. Every call, in or out, is opened (id, slot, record) by
+    :func:`open_call` before the gateway has a handle for it, and the handle carries that id."""
+
     def __init__(self, res: Resources) -> None:
         self.res = res
         self.gateway = SipGateway(
             gateway_config(res.settings), self._on_call, admit=self._admit, release=self._release
         )
-        # Server call ids of admitted inbound calls, by the agent's call key, until the app takes them.
-        self._admitted: dict[str, str] = {}
         self._placed: dict[str, Placed] = {}
-        self._by_handle: dict[int, str] = {}
-        # Set once an outbound call's row is stored: a loopback callee can answer before that, and
-        # the pipeline must not write to a row that is not there yet.
-        self._stored: dict[str, asyncio.Event] = {}
         self._followers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -99,47 +88,42 @@ class SipService:
     async def stop(self) -> None:
         await self.gateway.stop()
 
-    def _admit(self, call: SipCall) -> Refusal | None:
-        # Redis round trips on loopback (well under a millisecond): fine on the event loop.
-        refusal = rate_limited(self.res, call.remote.uri.user or "", call.peer[0])
+    async def _admit(self, call: SipCall) -> Admitted | Refusal:
+        refusal = await asyncio.to_thread(rate_limited, self.res, call.remote.uri.user or "", call.peer[0])
         if refusal is not None:
             return Refusal(503, round(refusal[1]), refusal[0])
-        info = CallInfo(call_id="", gateway="sip", from_number=str(call.remote.uri)[:64])
-        if not admit_call(self.res, info, f"sip-{uuid.uuid4().hex[:24]}"):
+        info = CallInfo(
+            call_id="",
+            gateway="sip",
+            from_number=str(call.remote.uri)[:64],
+            to_number=str(call.local.uri)[:64],
+            stream_id=call.call_id[:128],
+            external_id=call.call_id[:128],
+        )
+        if not await asyncio.to_thread(open_call, self.res, info, new_call_id("sip")):
             return Refusal(486, 30, f"at capacity ({self.res.settings.max_calls} calls)")
-        self._admitted[call.key] = info.call_id
-        return None
+        return Admitted(info.call_id)
 
-    def _release(self, call: SipCall) -> None:
-        call_id = self._admitted.pop(call.key, None)
-        if call_id is not None:
-            release_call(self.res, call_id)
+    async def _release(self, call_id: str, reason: str) -> None:
+        if call_id:
+            await asyncio.to_thread(close_call, self.res, call_id, reason)
 
     # --- calls in and out ----------------------------------------------------------------
 
-    async def _on_call(self, transport: SipCallTransport, handle: SipCallHandle) -> None:
-        call_id = self._by_handle.get(id(handle))
-        stored = self._stored.get(call_id) if call_id is not None else None
-        if stored is not None:
-            await stored.wait()
-            call_id = self._by_handle.get(id(handle))  # None if the row could not be stored
-        admitted = self._admitted.pop(handle.sip.key, None)
+    async def _on_call(self, handle: SipCallHandle) -> None:
+        if not handle.tag:
+            log.error("SIP call %s reached the app without a call id; hanging up", handle.call_id)
+            await handle.hangup()
+            return
         info = CallInfo(
-            call_id=call_id or admitted or "",
+            call_id=handle.tag,
             gateway="sip",
             from_number=handle.from_uri[:64],
             to_number=handle.to_uri[:64],
             stream_id=handle.call_id[:128],
             direction=handle.direction,
-            recorded=call_id is not None,
             external_id=handle.call_id[:128],
         )
-        # An outbound call whose row could not be stored takes a slot now.
-        if not info.call_id and not await asyncio.to_thread(
-            admit_call, self.res, info, f"out-{uuid.uuid4().hex[:24]}"
-        ):
-            await handle.hangup()
-            return
         log.info(
             "SIP call %s (%s, %s) -> pipeline as %s",
             handle.call_id,
@@ -151,7 +135,11 @@ class SipService:
         async def handoff() -> bool:
             return await self._transfer(handle, info.call_id)
 
-        await run_call(transport, info, self.res, on_handoff=handoff)
+        transport = SipCallTransport(handle, INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE)
+        try:
+            await run_call(transport, info, self.res, on_handoff=handoff)
+        finally:
+            transport.closed = True
 
     async def _transfer(self, handle: SipCallHandle, call_id: str) -> bool:
         target = self.res.settings.sip_transfer_uri
@@ -167,46 +155,45 @@ class SipService:
         at_capacity = RuntimeError(f"at capacity ({self.res.settings.max_calls} calls)")
         if self.gateway.active_calls >= self.res.settings.max_calls:
             raise at_capacity
-        slot = CallInfo(call_id="", gateway="sip", to_number=target[:64], direction="outbound")
-        if not await asyncio.to_thread(admit_call, self.res, slot, f"out-{uuid.uuid4().hex[:24]}"):
+        self.gateway.check_target(target)  # a refused target leaves no record
+        info = CallInfo(
+            call_id="",
+            gateway="sip",
+            to_number=target[:64],
+            direction="outbound",
+            outcome="calling",
+        )
+        if not await asyncio.to_thread(open_call, self.res, info, new_call_id("out")):
             raise at_capacity
-        call_id = slot.call_id
+        call_id = info.call_id
         changes: asyncio.Queue[str] = asyncio.Queue()
         try:
             handle = await self.gateway.place_call(
-                target, listener=lambda h: changes.put_nowait(h.status), ring_timeout=ring_timeout
+                target,
+                tag=call_id,
+                listener=lambda h: changes.put_nowait(h.status),
+                ring_timeout=ring_timeout,
             )
-        except BaseException:
-            await asyncio.to_thread(release_call, self.res, call_id)
+        except BaseException as exc:
+            await asyncio.to_thread(self._not_placed, call_id, exc)
             raise
         placed = Placed(call_id, target, handle)
         self._placed[call_id] = placed
-        self._by_handle[id(handle)] = call_id
-        stored = self._stored[call_id] = asyncio.Event()
-        try:
-            await asyncio.to_thread(
-                self.res.records.start_call,
-                call_id,
-                gateway="sip",
-                from_number=handle.from_uri[:64],
-                to_number=target[:64],
-                stream_id=handle.call_id[:128],
-                direction="outbound",
-                outcome="calling",
-            )
-        except BaseException:
-            self._by_handle.pop(id(handle), None)  # the pipeline (if answered) records it as inbound does
-            await asyncio.to_thread(release_call, self.res, call_id)
-            await handle.hangup()
-            raise
-        finally:
-            stored.set()
-            self._stored.pop(call_id, None)
+        sip_id = handle.call_id[:128]
+        await asyncio.to_thread(
+            self.res.records.set_gateway_ids, call_id, stream_id=sip_id, external_id=sip_id
+        )
         task = asyncio.create_task(self._follow(placed, changes))
         self._followers.add(task)
         task.add_done_callback(self._followers.discard)
         log.info("dialling %s as call %s", target, call_id)
         return placed
+
+    def _not_placed(self, call_id: str, exc: BaseException) -> None:
+        try:
+            self.res.records.set_outcome(call_id, "failed")
+        finally:
+            close_call(self.res, call_id, f"not placed: {exc}"[:200])
 
     async def _follow(self, placed: Placed, changes: asyncio.Queue[str]) -> None:
         """Write each status change into the record, in order, until the call ends."""
@@ -219,14 +206,12 @@ class SipService:
                 if status in ("ringing", "answered"):
                     await asyncio.to_thread(records.set_outcome, placed.call_id, status)
             await asyncio.to_thread(records.set_outcome, placed.call_id, handle.outcome or "failed")
-            if handle.outcome != "answered":
-                await asyncio.to_thread(records.end_call, placed.call_id, handle.reason or handle.outcome)
         except Exception:
             log.exception("call %s: could not record its progress", placed.call_id)
         finally:
-            self._by_handle.pop(id(handle), None)
-            if handle.outcome != "answered":  # an answered call's pipeline gives its slot back
-                await asyncio.to_thread(release_call, self.res, placed.call_id)
+            if handle.outcome != "answered":  # an answered call's runner closes it
+                reason = handle.reason or handle.outcome or "failed"
+                await asyncio.to_thread(close_call, self.res, placed.call_id, reason)
 
     def status(self, call_id: str) -> dict[str, Any] | None:
         placed = self._placed.get(call_id)

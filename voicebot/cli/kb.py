@@ -59,7 +59,7 @@ from voicebot.kb import (
     thresholds_path,
     write_thresholds,
 )
-from voicebot.keys_cli import cli_key, drop_cli_key
+from voicebot.cli.keys import cli_key, drop_cli_key
 from voicebot.textsafe import csv_safe_cell, terminal_safe
 
 _ANSWER_WIDTH = 60
@@ -88,7 +88,7 @@ def add_calibrate_parser(kb_sub: Any) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from voicebot.embeddings import lazy_embedder
+    from voicebot.nlu.embeddings import lazy_embedder
 
     if args.kb_command == "search" and args.k < 1:
         print("error: -k must be at least 1", file=sys.stderr)
@@ -487,7 +487,7 @@ def _same_store(a: str, b: str) -> bool:
 
 
 def _remote_ingest(client: ApiClient, paths: list[str]) -> int:
-    from voicebot.api import MAX_UPLOAD_BYTES
+    from voicebot.web.api import MAX_UPLOAD_BYTES
 
     added: dict[str, int] = {}
     errors: list[str] = []

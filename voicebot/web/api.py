@@ -47,7 +47,7 @@ Calls (the SIP dialer):
 Errors are JSON, `{"detail": "..."}`: 401 without a valid API key, 503 while the server is still
 starting (or failed to start), 413 for too large a body, 400 for a malformed one.
 
-Access: every endpoint needs an API key (`Authorization: Bearer <key>`, see voicebot.auth), from
+Access: every endpoint needs an API key (`Authorization: Bearer <key>`, see voicebot.web.auth), from
 every client: loopback is not a credential. The server creates and prints one key on its first
 start; `voicebot keys create/list/revoke` manages them.
 """
@@ -69,7 +69,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.types import Message, Receive
 
-from voicebot.auth import require_api_key
+from voicebot.web.auth import require_api_key
 from voicebot.kb import SUPPORTED_SUFFIXES, KnowledgeBase, RowError, unsupported_type
 
 if TYPE_CHECKING:

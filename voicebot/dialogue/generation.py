@@ -21,7 +21,7 @@ from llm import LLMBackend, LLMError
 from llm.clauses import ClauseSplitter
 from llm.grounding import check
 from llm.prompts import STOP, build_prompt, fact_lines, is_refusal
-from voicebot.policy import GenerationPlan
+from voicebot.dialogue.policy import GenerationPlan
 
 log = logging.getLogger(__name__)
 

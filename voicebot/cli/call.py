@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from voicebot.config import Settings
-from voicebot.kb_cli import ApiClient, ApiError, server_url
-from voicebot.keys_cli import cli_key, drop_cli_key
+from voicebot.cli.kb import ApiClient, ApiError, server_url
+from voicebot.cli.keys import cli_key, drop_cli_key
 
 POLL_SECS = 0.25
 
@@ -82,7 +82,7 @@ def _through_server(client: ApiClient, target: str, timeout: float, ring_timeout
 async def _standalone(settings: Settings, target: str, timeout: float, ring_timeout: float | None) -> int:
     from voicebot.logs import configure_logging
     from voicebot.resources import close_resources, load_resources
-    from voicebot.sip_app import SipService
+    from voicebot.calls.sip import SipService
 
     configure_logging(
         "WARNING" if settings.log_level.upper() == "INFO" else settings.log_level, settings.pii_redact

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from voicebot.config import Settings
-from voicebot.memory import load_or_create_key
+from voicebot.dialogue.memory import load_or_create_key
 from voicebot.storage.numbers import NumberVault
 from voicebot.storage.records import CallDetail, CallSummary, Records, Turn
 from voicebot.textsafe import terminal_safe

@@ -35,11 +35,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "with a leading ' so opening the file runs nothing.",
     )
     export.add_argument("path", metavar="FILE.csv", help="Where to write; - for stdout.")
-    from voicebot.kb_cli import add_calibrate_parser
+    from voicebot.cli.kb import add_calibrate_parser
 
     add_calibrate_parser(kb_sub)
 
-    from voicebot.intents_cli import add_parser as add_intents_parser
+    from voicebot.cli.intents import add_parser as add_intents_parser
 
     add_intents_parser(sub)
 
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     command = args.command or "serve"
     if command == "serve":
-        from voicebot.server import serve
+        from voicebot.web.server import serve
 
         if getattr(args, "host", None):
             settings.http_host = args.host
@@ -93,23 +93,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.http_port = args.port
         return serve(settings)
     if command == "kb":
-        from voicebot import kb_cli
+        from voicebot.cli import kb as kb_cli
 
         return kb_cli.run(settings, args)
     if command == "call":
-        from voicebot import call_cli
+        from voicebot.cli import call as call_cli
 
         return call_cli.run(settings, args)
     if command == "intents":
-        from voicebot import intents_cli
+        from voicebot.cli import intents as intents_cli
 
         return intents_cli.run(settings, args)
     if command == "calls":
-        from voicebot import calls_cli
+        from voicebot.cli import calls as calls_cli
 
         return calls_cli.run(settings, args)
     if command == "keys":
-        from voicebot import keys_cli
+        from voicebot.cli import keys as keys_cli
 
         return keys_cli.run(settings, args)
     return 2

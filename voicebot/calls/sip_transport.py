@@ -32,7 +32,8 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 from telephony.audio import StreamResampler, mono
-from telephony.sip.media import RTP_RATE, RtpSession
+from telephony.sip.gateway import SipCallHandle
+from telephony.sip.media import RTP_RATE
 from telephony.sip.rtp import AudioChunk
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class SipInputTransport(BaseInputTransport):
         super().__init__(params)
         self._owner = transport
         self._task: asyncio.Task[None] | None = None
+        self._hangup_watch: asyncio.Task[None] | None = None
         self._resampler: StreamResampler | None = None
 
     async def start(self, frame: StartFrame) -> None:
@@ -53,7 +55,10 @@ class SipInputTransport(BaseInputTransport):
         if self._task is None:
             self._task = self.create_task(self._receive())
         await self.set_transport_ready(frame)
-        await self._owner._started()
+        # Watched from the pipeline's start, when the session listens: a BYE that came within
+        # milliseconds of our 200 OK is already set on the handle and is delivered at once.
+        if self._hangup_watch is None:
+            self._hangup_watch = self.create_task(self._owner.watch_hangup())
 
     async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)
@@ -64,9 +69,10 @@ class SipInputTransport(BaseInputTransport):
         await self._stop_task()
 
     async def _stop_task(self) -> None:
-        if self._task is not None:
-            await self.cancel_task(self._task)
-            self._task = None
+        for task in (self._task, self._hangup_watch):
+            if task is not None:
+                await self.cancel_task(task)
+        self._task = self._hangup_watch = None
 
     async def _receive(self) -> None:
         media = self._owner.media
@@ -107,7 +113,7 @@ class SipOutputTransport(BaseOutputTransport):
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         if self._owner.closed:
             return False
-        pcm = mono(frame)
+        pcm = mono(frame.audio, frame.num_channels)
         if frame.sample_rate != RTP_RATE:
             if self._resampler is None or self._resampler_rate != frame.sample_rate:
                 self._resampler = StreamResampler(frame.sample_rate, RTP_RATE)
@@ -134,13 +140,13 @@ class SipOutputTransport(BaseOutputTransport):
 
 
 class SipCallTransport(BaseTransport):
-    """Created by the SIP gateway for an answered call; the session builds the pipeline on it."""
+    """One answered SIP call as a Pipecat transport; the call runner builds the pipeline on it."""
 
-    def __init__(self, media: RtpSession, in_rate: int, out_rate: int, name: str | None = None) -> None:
+    def __init__(self, call: SipCallHandle, in_rate: int, out_rate: int, name: str | None = None) -> None:
         super().__init__(name=name)
-        self.media = media
+        self.call = call
+        self.media = call.media
         self.closed = False
-        self._missed_disconnect: str | None = None
         params = TransportParams(
             audio_in_enabled=True,
             audio_out_enabled=True,
@@ -159,21 +165,12 @@ class SipCallTransport(BaseTransport):
     def output(self) -> SipOutputTransport:
         return self._output
 
-    async def disconnected(self, reason: str) -> None:
-        """The call is over on the SIP side (BYE, CANCEL, timeout): end the pipeline."""
+    async def watch_hangup(self) -> None:
+        """End the pipeline once the call is over on the SIP side (BYE, CANCEL, timeout)."""
+        await self.call.ended.wait()
         if self.closed:
             return
         self.closed = True
+        reason = self.call.end_reason or "call ended"
         log.debug("SIP call transport closed: %s", reason)
-        if not self._event_handlers["on_client_disconnected"].handlers:
-            # A BYE within milliseconds of our 200 OK: the session has not hooked its pipeline up
-            # yet. Keep the news for the pipeline's start, or the call would run on with no caller.
-            self._missed_disconnect = reason
-            return
         await self._call_event_handler("on_client_disconnected", reason)
-
-    async def _started(self) -> None:
-        """The pipeline started: deliver a hangup that came before anyone listened for it."""
-        reason, self._missed_disconnect = self._missed_disconnect, None
-        if reason is not None:
-            await self._call_event_handler("on_client_disconnected", reason)

@@ -19,7 +19,7 @@ The live dialogue may use a caller's numbers; what is written down must not hold
 
 Numbers announced as order or reference numbers ("order number 45712", "ticket 5551234567") are
 never masked; neither are prices, quantities, times and other short numbers.
-Number recognition (digit words, "double seven", spacing) is shared with voicebot.slots.
+Number recognition (digit words, "double seven", spacing) is shared with voicebot.nlu.slots.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from voicebot.slots import (
+from voicebot.nlu.slots import (
     DigitRun,
     context_of,
     find_ibans,

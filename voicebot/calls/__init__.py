@@ -1,0 +1,1 @@
+"""Calls: one gateway-neutral runner, the Twilio and SIP adapters, admission, recording, turn-taking."""

@@ -1,0 +1,1 @@
+"""The `voicebot` command line."""

@@ -1,0 +1,1 @@
+"""Language understanding: embeddings, intents, slots, sentiment and PII."""
