@@ -17,11 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from voicebot.cli.kb_calibrate import print_calibration
+from voicebot.kb.calibration import calibrate, observe, read_calibration_csv
+from voicebot.kb.store import DEMO_FAQ, KnowledgeBase
 from voicebot.nlu.embeddings import EMBEDDERS, load_embedder
-from voicebot.kb import DEMO_FAQ, KnowledgeBase, calibrate, observe, read_calibration_csv
-from voicebot.cli.kb import print_calibration
 
 DEMO_CALIBRATION = DEMO_FAQ.with_name("calibration.csv")
 

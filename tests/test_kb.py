@@ -15,19 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-import voicebot.kb as kb_module
+import voicebot.kb.store as kb_store
+from voicebot.kb.chunking import MAX_CHUNK_CHARS, chunk_text
+from voicebot.kb.lexical import fuse, lexical_tokens
+from voicebot.kb.models import KnowledgeBaseError
+from voicebot.kb.parsing import parse_csv
+from voicebot.kb.store import DEMO_FAQ, KnowledgeBase, ensure_demo
 from voicebot.nlu.embeddings import Embedder, lazy_embedder, load_embedder
-from voicebot.kb import (
-    DEMO_FAQ,
-    MAX_CHUNK_CHARS,
-    KnowledgeBase,
-    KnowledgeBaseError,
-    chunk_text,
-    ensure_demo,
-    fuse,
-    lexical_tokens,
-    parse_csv,
-)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,7 +243,7 @@ def test_a_failure_in_the_middle_of_the_insert_keeps_the_old_entries(
     kb.ingest([path])
     before = kb.entries()
     # Inserts of two rows, so the three new entries take two inserts and the second can fail.
-    monkeypatch.setattr(kb_module, "_INSERT_BATCH", 2)
+    monkeypatch.setattr(kb_store, "_INSERT_BATCH", 2)
     # The one fake here: milvus-lite cannot be made to fail on demand, so its insert is wrapped to
     # fail on the second batch. The first batch really goes in, beside the old entries.
     real_insert = kb._client.insert

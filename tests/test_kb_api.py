@@ -26,13 +26,14 @@ from conftest import REPO_ROOT, ServerProcess, free_port, server_env
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from voicebot.web.api import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, _CacheWarmer, _source
-from voicebot.web.api import router as api_router
+from voicebot.cli.api_client import multipart, server_url
 from voicebot.config import Settings
-from voicebot.kb import IngestReport, KnowledgeBase
-from voicebot.cli.kb import multipart, server_url
+from voicebot.kb.models import IngestReport
+from voicebot.kb.store import KnowledgeBase
 from voicebot.storage.keys import ApiKeys
 from voicebot.storage.records import Records
+from voicebot.web.api import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, _CacheWarmer, _source
+from voicebot.web.api import router as api_router
 
 CLI_TIMEOUT_S = 120.0
 HTTP_TIMEOUT_S = 60.0

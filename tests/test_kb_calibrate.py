@@ -11,13 +11,9 @@ from pathlib import Path
 import pytest
 
 from voicebot.config import Settings
-from voicebot.kb import (
-    Hit,
-    Observation,
-    calibrate,
-    load_thresholds,
-    read_calibration_csv,
-)
+from voicebot.kb.calibration import Observation, calibrate, read_calibration_csv
+from voicebot.kb.models import Hit
+from voicebot.kb.thresholds import load_thresholds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CALIBRATION = REPO_ROOT / "voicebot" / "demo" / "calibration.csv"

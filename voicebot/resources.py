@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # loaded lazily below, so a CLI that needs one store doesn't 
 
     from llm import LLMBackend
     from voicebot.dialogue.memory import MemoryStore
-    from voicebot.kb import KnowledgeBase
+    from voicebot.kb.store import KnowledgeBase
     from voicebot.nlu.intents import IntentClassifier
     from voicebot.nlu.pii import Redactor
     from voicebot.storage.ratelimit import RateLimiter
@@ -119,7 +119,7 @@ def load_intents(model: Path | None, kb: KnowledgeBase, threshold: float) -> Int
 
 def load_brain(settings: Settings, kb: KnowledgeBase, llm_enabled: bool) -> Brain:
     from voicebot.dialogue.policy import Thresholds
-    from voicebot.kb import load_thresholds
+    from voicebot.kb.thresholds import load_thresholds
 
     model = (
         Path(settings.intents_model)
@@ -147,7 +147,8 @@ def load_brain(settings: Settings, kb: KnowledgeBase, llm_enabled: bool) -> Brai
 
 def load_resources(settings: Settings) -> Resources:
     from voicebot.dialogue.memory import MemoryStore, load_or_create_key
-    from voicebot.kb import KnowledgeBase, ensure_demo, load_thresholds
+    from voicebot.kb.store import KnowledgeBase, ensure_demo
+    from voicebot.kb.thresholds import load_thresholds
     from voicebot.nlu.embeddings import load_embedder
     from voicebot.storage.numbers import NumberVault
     from voicebot.storage.ratelimit import RateLimiter

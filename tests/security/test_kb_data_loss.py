@@ -25,8 +25,10 @@ import httpx
 import pytest
 from conftest import ServerProcess, run_cli_in
 
+from voicebot.kb.embedding import embed_records
+from voicebot.kb.models import Record
+from voicebot.kb.store import KnowledgeBase
 from voicebot.nlu.embeddings import load_embedder
-from voicebot.kb import KnowledgeBase, Record, embed_records
 
 HTTP_TIMEOUT_S = 120.0
 CLI_TIMEOUT_S = 120.0

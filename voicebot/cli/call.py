@@ -15,9 +15,9 @@ import sys
 import time
 from typing import Any
 
-from voicebot.config import Settings
-from voicebot.cli.kb import ApiClient, ApiError, server_url
+from voicebot.cli.api_client import ApiClient, ApiError, server_url
 from voicebot.cli.keys import cli_key, drop_cli_key
+from voicebot.config import Settings
 
 POLL_SECS = 0.25
 
@@ -80,9 +80,9 @@ def _through_server(client: ApiClient, target: str, timeout: float, ring_timeout
 
 
 async def _standalone(settings: Settings, target: str, timeout: float, ring_timeout: float | None) -> int:
+    from voicebot.calls.sip import SipService
     from voicebot.logs import configure_logging
     from voicebot.resources import close_resources, load_resources
-    from voicebot.calls.sip import SipService
 
     configure_logging(
         "WARNING" if settings.log_level.upper() == "INFO" else settings.log_level, settings.pii_redact

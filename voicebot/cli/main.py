@@ -35,7 +35,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "with a leading ' so opening the file runs nothing.",
     )
     export.add_argument("path", metavar="FILE.csv", help="Where to write; - for stdout.")
-    from voicebot.cli.kb import add_calibrate_parser
+    from voicebot.cli.kb_calibrate import add_calibrate_parser
 
     add_calibrate_parser(kb_sub)
 

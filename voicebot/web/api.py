@@ -69,8 +69,10 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.types import Message, Receive
 
+from voicebot.kb.models import RowError
+from voicebot.kb.parsing import SUPPORTED_SUFFIXES, unsupported_type
+from voicebot.kb.store import KnowledgeBase
 from voicebot.web.auth import require_api_key
-from voicebot.kb import SUPPORTED_SUFFIXES, KnowledgeBase, RowError, unsupported_type
 
 if TYPE_CHECKING:
     from voicebot.resources import Resources
