@@ -1,1 +1,1 @@
-"""Storage: SQL records and their migrations, Redis state (live calls, rate limits), API keys, number protection."""
+"""Storage: SQL records and migrations, Redis state (live calls, rate limits), API keys, numbers."""

@@ -1,4 +1,8 @@
-"""Call records on a real SQLite file (and PostgreSQL when VOICEBOT_TEST_POSTGRES_URL names one)."""
+"""The Records API on a real SQLite file and a real PostgreSQL (tests/storage/conftest.py).
+
+`records` and `db_url` run each test on both backends; the SQLite-only behaviour (WAL, the CLI on
+a data directory) uses `sqlite_url`.
+"""
 
 from __future__ import annotations
 
@@ -10,118 +14,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, inspect, select, text
-from sqlalchemy.engine import Connection
+from cryptography.fernet import Fernet
 from sqlalchemy.exc import IntegrityError
 
-from voicebot.storage.records import (
-    MIGRATIONS,
-    Base,
-    Migration,
-    Records,
-    RetrievedHit,
-    SchemaTooNewError,
-    create_records_engine,
-    migrate,
-    schema_version,
-)
+from voicebot.storage.numbers import NumberVault
+from voicebot.storage.records import Records, RetrievedHit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 2, 10, 0, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'voicebot.db'}"
-
-
-@pytest.fixture
-def records(db_url: str):
-    recs = Records(db_url)
-    yield recs
-    recs.close()
-
-
-def _versions(url: str) -> list[int]:
-    engine = create_records_engine(url)
-    with engine.connect() as conn:
-        versions = list(conn.scalars(select(schema_version.c.version).order_by(schema_version.c.version)))
-    engine.dispose()
-    return versions
-
-
-# --------------------------------------------------------------------------- migrations
-
-
-def test_migrations_are_idempotent(db_url: str) -> None:
-    Records(db_url).close()
-    second = Records(db_url)
-    assert second.schema_version == len(MIGRATIONS)
-    assert migrate(second.engine) == len(MIGRATIONS)
-    second.close()
-    assert _versions(db_url) == list(range(1, len(MIGRATIONS) + 1))
-
-
-def test_sqlite_runs_in_wal_mode(records: Records) -> None:
+def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
+    records = Records(sqlite_url)
     with records.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-
-
-def test_orm_models_match_the_migrated_schema(records: Records) -> None:
-    # Catches a model changed without a migration (or the reverse).
-    inspector = inspect(records.engine)
-    for table in Base.metadata.sorted_tables:
-        migrated = {c["name"]: c["nullable"] for c in inspector.get_columns(table.name)}
-        modelled = {c.name: c.nullable for c in table.columns}
-        assert migrated == modelled, table.name
-
-
-def _add_column_migration(conn: Connection) -> None:
-    conn.execute(text("ALTER TABLE calls ADD COLUMN campaign_id VARCHAR(64)"))
-
-
-def test_a_later_migration_is_applied_once(db_url: str) -> None:
-    Records(db_url).close()
-    extended = [*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "calls.campaign_id", _add_column_migration)]
-    engine = create_records_engine(db_url)
-    assert migrate(engine, extended) == len(extended)
-    assert migrate(engine, extended) == len(extended)  # a duplicate ADD COLUMN would raise
-    assert "campaign_id" in {c["name"] for c in inspect(engine).get_columns("calls")}
-    engine.dispose()
-    assert _versions(db_url)[-1] == len(extended)
-
-
-def test_a_failing_migration_leaves_nothing_behind(db_url: str) -> None:
-    Records(db_url).close()
-
-    def broken(conn: Connection) -> None:
-        Table("half_done", MetaData(), Column("x", Integer)).create(conn)
-        raise RuntimeError("boom")
-
-    engine = create_records_engine(db_url)
-    with pytest.raises(RuntimeError, match="boom"):
-        migrate(engine, [*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "broken", broken)])
-    assert "half_done" not in inspect(engine).get_table_names()
-    engine.dispose()
-    assert _versions(db_url) == list(range(1, len(MIGRATIONS) + 1))
-
-
-def test_misnumbered_migrations_are_refused(db_url: str) -> None:
-    engine = create_records_engine(db_url)
-    with pytest.raises(RuntimeError, match="numbered"):
-        migrate(engine, [MIGRATIONS[0], Migration(3, "gap", _add_column_migration)])
-    engine.dispose()
-
-
-def test_a_database_from_a_newer_voicebot_is_refused(db_url: str) -> None:
-    Records(db_url).close()
-    engine = create_records_engine(db_url)
-    with engine.begin() as conn:
-        conn.execute(schema_version.insert().values(version=99, name="future", applied_at=T0))
-    engine.dispose()
-    with pytest.raises(SchemaTooNewError, match="99"):
-        Records(db_url)
+    records.close()
 
 
 # --------------------------------------------------------------------------- round trip
@@ -239,6 +147,80 @@ def test_unfinished_calls_are_closed_at_last_activity(records: Records) -> None:
     assert (calls["done"].end_reason, calls["done"].duration_s) == ("hangup", 5.0)
 
 
+def test_turn_decisions_and_json_round_trip(records: Records) -> None:
+    records.start_call("d", gateway="sip", started_at=T0, metadata={"nested": {"a": [1, 2.5, None, True]}})
+    records.add_turn(
+        "d",
+        started_at=T0,
+        caller_text="café — 東京 ✓",
+        reason="low confidence: asked again",
+        intent="order_status",
+        intent_confidence=0.875,
+        sentiment=-0.5,
+        slots={"order_id": "A-1", "when": {"day": "mon"}, "n": 3, "ok": False, "none": None},
+    )
+    records.set_transfer("d", "sip:" + "a" * 252, "failed: 486 " + "x" * 116)
+    call = records.get_call("d")
+    assert call is not None
+    assert call.metadata == {"nested": {"a": [1, 2.5, None, True]}}
+    assert len(call.transfer_target) == 256 and len(call.transfer_status) == 128
+    [turn] = call.turns
+    assert (turn.caller_text, turn.reason, turn.intent) == (
+        "café — 東京 ✓",
+        "low confidence: asked again",
+        "order_status",
+    )
+    assert (turn.intent_confidence, turn.sentiment, turn.interrupted) == (0.875, -0.5, False)
+    assert turn.slots == {"order_id": "A-1", "when": {"day": "mon"}, "n": 3, "ok": False, "none": None}
+    assert turn.started_at == T0 and turn.started_at.tzinfo is not None
+
+
+def test_gateway_ids_activity_and_lookup(records: Records) -> None:
+    assert not records.exists("g1") and records.last_activity("g1") is None
+    records.start_call("g1", gateway="twilio", started_at=T0, external_id="CA1")
+    records.start_call("g2", gateway="twilio", started_at=T0 + timedelta(minutes=5), external_id="CA1")
+    records.start_call("g3", gateway="sip", started_at=T0)
+    assert records.exists("g1")
+    assert records.last_activity("g3") == T0
+    records.add_turn("g3", started_at=T0 + timedelta(seconds=40))
+    assert records.last_activity("g3") == T0 + timedelta(seconds=40)
+    latest = records.last_call_for("twilio", "CA1")
+    assert latest is not None and latest.id == "g2" and latest.external_id == "CA1"
+    assert records.last_call_for("sip", "CA1") is None
+    records.set_gateway_ids("g3", stream_id="abc@pbx", external_id="abc@pbx")
+    found = records.last_call_for("sip", "abc@pbx")
+    assert found is not None and found.id == "g3"
+    call = records.get_call("g3")
+    assert call is not None and (call.stream_id, call.external_id) == ("abc@pbx", "abc@pbx")
+    with pytest.raises(KeyError):
+        records.set_gateway_ids("nope", stream_id="", external_id="")
+
+
+def test_numbers_are_protected_at_rest(db_url: str) -> None:
+    key = Fernet.generate_key()
+    clear = Records(db_url)
+    clear.start_call("old", gateway="sip", from_number="+1 555 000 1111", started_at=T0)
+    clear.close()
+    records = Records(db_url, numbers=NumberVault("encrypt", key))
+    hashed = Records(db_url, run_migrations=False, numbers=NumberVault("hash", key))
+    records.start_call("enc", gateway="twilio", from_number="+15550001111", to_number="+15559990000")
+    hashed.start_call("hsh", gateway="twilio", from_number="+15550001111", started_at=T0)
+
+    assert records.protect_clear_numbers() == 1
+    assert records.protect_clear_numbers() == 0
+    listed = {c.id: c for c in records.list_calls()}
+    assert {c.from_number for c in listed.values()} == {"+*******1111"}
+    assert {c.id for c in records.list_calls(number="+1 (555) 000-1111")} == {"old", "enc", "hsh"}
+    assert records.reveal_numbers("enc") == ("+15550001111", "+15559990000")
+    assert records.reveal_numbers("old") == ("+1 555 000 1111", "")
+    with pytest.raises(ValueError, match="hash"):
+        records.reveal_numbers("hsh")
+    with pytest.raises(KeyError):
+        records.reveal_numbers("nope")
+    hashed.close()
+    records.close()
+
+
 def test_concurrent_add_turn_from_threads(db_url: str) -> None:
     # Two Records = two connection pools, as two processes would have; 8 threads write at once.
     first, second = Records(db_url), Records(db_url)
@@ -275,30 +257,6 @@ def test_concurrent_add_turn_from_threads(db_url: str) -> None:
         assert [t.caller_text for t in own.turns] == [str(i) for i in range(25)]
     first.close()
     second.close()
-
-
-@pytest.mark.skipif(
-    not os.environ.get("VOICEBOT_TEST_POSTGRES_URL"),
-    reason="set VOICEBOT_TEST_POSTGRES_URL (e.g. postgresql+psycopg://user@127.0.0.1:5432/db) to run",
-)
-def test_postgres_round_trip() -> None:
-    url = os.environ["VOICEBOT_TEST_POSTGRES_URL"]
-    recs = Records(url)
-    call_id = recs.start_call(gateway="twilio", started_at=T0, metadata={"k": [1, 2]})
-    threads = [threading.Thread(target=lambda: [recs.add_turn(call_id) for _ in range(10)]) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    recs.add_turn(call_id, retrieved=[{"id": "a", "score": 0.5, "question": "q"}], latency={"vad_stop": 1})
-    assert Records(url).schema_version == len(MIGRATIONS)
-    assert recs.mark_unfinished_calls(exclude={"other"}) >= 1
-    call = recs.get_call(call_id)
-    assert call is not None and call.metadata == {"k": [1, 2]}
-    assert [t.index for t in call.turns] == list(range(41))
-    assert call.turns[-1].latency == {"vad_stop": 1}
-    assert any(c.id == call_id and c.turn_count == 41 for c in recs.list_calls(limit=1000))
-    recs.close()
 
 
 # --------------------------------------------------------------------------- CLI
