@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, BaseTurnParams, EndOfTurnState
 from pipecat.frames.frames import (
+    InputAudioRawFrame,
     TextFrame,
     TranscriptionFrame,
     UserStoppedSpeakingFrame,
@@ -55,23 +56,40 @@ def marker(name: str) -> TextFrame:
     return TextFrame(name)
 
 
-async def ended_between(verdict: EndOfTurnState, text: str, checkpoints: list[float]) -> list[str]:
-    """Names of the markers that went by before the turn ended (in seconds after the VAD stop)."""
+async def ended_between(
+    verdict: EndOfTurnState,
+    text: str,
+    checkpoints: list[float],
+    *,
+    words_at: float | None = None,
+    audio: bool = False,
+) -> list[str]:
+    """Names of the markers that went by before the turn ended (in seconds after the VAD stop).
+
+    The transcript follows the VAD stop at once, or comes after the marker at `words_at`;
+    with `audio`, a frame of silence follows every marker, as on a live call.
+    """
     strategy = TranscriptAwareTurnStopStrategy(
         turn_analyzer=ScriptedTurnModel(verdict), grace_secs=GRACE_SECS, limit_secs=LIMIT_SECS
     )
     processor = UserTurnProcessor(
         user_turn_strategies=UserTurnStrategies(start=[VADUserTurnStartStrategy()], stop=[strategy]),
     )
+    words = TranscriptionFrame(text, "caller", "now", finalized=True)
     frames = [
         VADUserStartedSpeakingFrame(start_secs=0.2),
         SleepFrame(0.05),
         VADUserStoppedSpeakingFrame(stop_secs=STOP_SECS),
-        TranscriptionFrame(text, "caller", "now", finalized=True),
     ]
+    if words_at is None:
+        frames.append(words)
     elapsed = 0.0
     for at in checkpoints:
         frames += [SleepFrame(at - elapsed), marker(f"{at}")]
+        if audio:
+            frames.append(InputAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1))
+        if at == words_at:
+            frames.append(words)
         elapsed = at
     down, _ = await run_test(processor, frames_to_send=frames)
     seen = []
@@ -98,3 +116,12 @@ async def test_dangling_words_wait_for_the_silence_limit(verdict: EndOfTurnState
     # The limit is 1.2 s after the last speech, so 1.0 s after the VAD stop.
     seen = await ended_between(verdict, "Can I pay with", [0.6, 1.3])
     assert seen == ["0.6"]
+
+
+async def test_dangling_words_after_the_silence_limit_end_the_turn_at_once() -> None:
+    # A slow transcript, while the call's audio keeps flowing: the limit (1.0 s after the VAD stop)
+    # has already passed when the words come, so they end the turn however they read.
+    seen = await ended_between(
+        EndOfTurnState.COMPLETE, "Can I pay with", [0.6, 1.1, 1.3], words_at=1.1, audio=True
+    )
+    assert seen == ["0.6", "1.1"]

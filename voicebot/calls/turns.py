@@ -133,8 +133,8 @@ class SharedSileroVADAnalyzer(VADAnalyzer):
             confidence = self._model(audio, self.sample_rate)[0]
             self._maybe_reset_model(confidence.item())
             return confidence
-        except Exception:  # an empty buffer; the same fallback as Pipecat's Silero analyzer
-            log.exception("Silero VAD failed on an audio window")
+        except Exception as exc:  # an empty buffer; the same fallback as Pipecat's Silero analyzer
+            log.error("Error analyzing audio with Silero VAD: %s", exc)
             return 0
 
     async def analyze_audio(self, buffer: bytes) -> VADState:
@@ -176,13 +176,13 @@ class SharedSmartTurnAnalyzer(BaseSmartTurn):
 
     def __init__(self, *, params: SmartTurnParams) -> None:
         super().__init__(params=params)
-        self._model = _shared_smart_turn_model()
+        self._shared_model = _shared_smart_turn_model()
 
     def _predict_endpoint(self, audio_array: np.ndarray) -> dict[str, Any]:
         rate = self.sample_rate or SMART_TURN_SAMPLE_RATE
         if rate != SMART_TURN_SAMPLE_RATE:
             audio_array = soxr.resample(audio_array, rate, SMART_TURN_SAMPLE_RATE, quality="HQ")
-        return _run_smart_turn_model(self._model, audio_array)
+        return _run_smart_turn_model(self._shared_model, audio_array)
 
 
 def make_vad(stop_secs: float) -> SharedSileroVADAnalyzer:
