@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebot.nlu.pii import PATTERNS, RedactingFilter, Redactor, install, parse_patterns
+from voicebot.config import parse_pii_patterns as parse_patterns
+from voicebot.logs import RedactingFilter, install
+from voicebot.nlu.pii import PATTERNS, Redactor
 from voicebot.nlu.slots import luhn_ok
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -12,6 +12,26 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: What VOICEBOT_PII_REDACT can name; `voicebot.nlu.pii` holds how each is found.
+PII_PATTERNS = ("phone", "card", "email", "ssn", "account")
+
+
+def parse_pii_patterns(spec: str) -> tuple[str, ...]:
+    """Patterns from a comma list: "phone,card"; "none" = nothing; "" or "all" = every pattern.
+
+    Raises ValueError naming the unknown entries and the valid ones.
+    """
+    words = [w.strip().lower() for w in spec.split(",") if w.strip()]
+    if not words or words == ["all"]:
+        return PII_PATTERNS
+    if words == ["none"]:
+        return ()
+    unknown = sorted(set(words) - set(PII_PATTERNS))
+    if unknown:
+        valid = ", ".join(PII_PATTERNS)
+        raise ValueError(f"unknown PII pattern(s): {', '.join(unknown)} (valid: {valid}, or 'none'/'all')")
+    return tuple(p for p in PII_PATTERNS if p in words)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOICEBOT_", env_file=None, extra="ignore")
@@ -268,9 +288,7 @@ class Settings(BaseSettings):
     @field_validator("pii_redact")
     @classmethod
     def _known_patterns(cls, value: str) -> str:
-        from voicebot.nlu.pii import parse_patterns
-
-        parse_patterns(value)  # ValueError names the patterns it knows
+        parse_pii_patterns(value)  # ValueError names the patterns it knows
         return value
 
     @property

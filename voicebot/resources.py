@@ -16,7 +16,6 @@ from asr.engine import WhisperEngine
 from asr.models import resolve_model
 from tts.cache import AudioCache
 from tts.piper import PiperSynth
-from voicebot.calls.turns import preload as preload_turn_model
 from voicebot.config import Settings
 from voicebot.dialogue.policy import Brain
 
@@ -194,7 +193,6 @@ def load_resources(settings: Settings) -> Resources:
     )
     engine = load_engine(settings)
     synth = PiperSynth(settings.piper_voice)
-    preload_turn_model()
     cache = None
     if settings.tts == "piper":
         cache = AudioCache(settings.data_dir / "tts-cache", synth.voice_id, OUTPUT_SAMPLE_RATE)
@@ -218,9 +216,10 @@ def load_resources(settings: Settings) -> Resources:
 
 
 def make_redactor(settings: Settings) -> Redactor | None:
-    from voicebot.nlu.pii import Redactor, parse_patterns
+    from voicebot.config import parse_pii_patterns
+    from voicebot.nlu.pii import Redactor
 
-    patterns = parse_patterns(settings.pii_redact)
+    patterns = parse_pii_patterns(settings.pii_redact)
     return Redactor(patterns) if patterns else None
 
 

@@ -81,14 +81,16 @@ def _through_server(client: ApiClient, target: str, timeout: float, ring_timeout
 
 async def _standalone(settings: Settings, target: str, timeout: float, ring_timeout: float | None) -> int:
     from voicebot.calls.sip import SipService
+    from voicebot.calls.turns import preload as preload_turn_models
     from voicebot.logs import configure_logging
-    from voicebot.resources import close_resources, load_resources
+    from voicebot.resources import close_resources, load_resources, make_redactor
 
     configure_logging(
-        "WARNING" if settings.log_level.upper() == "INFO" else settings.log_level, settings.pii_redact
+        "WARNING" if settings.log_level.upper() == "INFO" else settings.log_level, make_redactor(settings)
     )
     print("no server running: loading the models here (about 10 s)", file=sys.stderr, flush=True)
     res = await asyncio.to_thread(load_resources, settings)
+    await asyncio.to_thread(preload_turn_models)
     service = SipService(res)
     try:
         try:

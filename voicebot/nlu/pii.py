@@ -24,11 +24,11 @@ Number recognition (digit words, "double seven", spacing) is shared with voicebo
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable
 from typing import Any
 
+from voicebot.config import PII_PATTERNS as PATTERNS
 from voicebot.nlu.slots import (
     DigitRun,
     context_of,
@@ -39,7 +39,6 @@ from voicebot.nlu.slots import (
     run_parts,
 )
 
-PATTERNS = ("phone", "card", "email", "ssn", "account")
 UNNAMED_LONG_DIGITS = 12
 
 _EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,24}\b")
@@ -68,23 +67,6 @@ MIN_KEYWORD_DIGITS = 4  # "account ending 1234" / "last four of my social"
 CARD_LENGTHS = range(13, 20)
 CARD_KEYWORD_LENGTHS = range(12, 20)
 PHONE_KEYWORD_LENGTHS = range(7, 16)
-
-
-def parse_patterns(spec: str) -> tuple[str, ...]:
-    """Patterns from a comma list: "phone,card"; "none" = nothing; "" or "all" = every pattern.
-
-    Raises ValueError naming the unknown entries and the valid ones.
-    """
-    words = [w.strip().lower() for w in spec.split(",") if w.strip()]
-    if not words or words == ["all"]:
-        return PATTERNS
-    if words == ["none"]:
-        return ()
-    unknown = sorted(set(words) - set(PATTERNS))
-    if unknown:
-        valid = ", ".join(PATTERNS)
-        raise ValueError(f"unknown PII pattern(s): {', '.join(unknown)} (valid: {valid}, or 'none'/'all')")
-    return tuple(p for p in PATTERNS if p in words)
 
 
 class Redactor:
@@ -246,41 +228,3 @@ def _looks_sensitive(kind: str, value: str) -> bool:
     if kind == "email":
         return "@" in value or " at " in value.lower()
     return sum(ch.isdigit() for ch in value) >= MIN_KEYWORD_DIGITS
-
-
-class RedactingFilter(logging.Filter):
-    """A logging filter that masks PII in each record before any handler writes it.
-
-    The message is formatted with its args first (a phone number is usually an arg, not in the
-    format string), redacted, and stored back with the args cleared. Tracebacks and stack info are
-    pre-formatted and redacted too. Attach it to handlers (logger filters do not see records that
-    propagate from child loggers): see `install`.
-    """
-
-    def __init__(self, redactor: Redactor | None = None) -> None:
-        super().__init__()
-        self.redactor = redactor or Redactor()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.redactor.enabled:
-            return True
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):  # bad format/args: keep what there is, still redacted
-            message = f"{record.msg} {record.args!r}"
-        record.msg = self.redactor.redact(message)
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.redactor.redact(logging.Formatter().formatException(record.exc_info))
-        if record.stack_info:
-            record.stack_info = self.redactor.redact(record.stack_info)
-        return True
-
-
-def install(redactor: Redactor, logger: logging.Logger | None = None) -> RedactingFilter:
-    """Attach one RedactingFilter to every handler of `logger` (default: the root logger)."""
-    log_filter = RedactingFilter(redactor)
-    for handler in (logger or logging.getLogger()).handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(log_filter)
-    return log_filter

@@ -12,8 +12,16 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocke
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 
+from voicebot.calls.turns import preload as preload_turn_models
 from voicebot.config import Settings
-from voicebot.resources import Resources, close_resources, load_resources, warm_llm, warm_phrase_cache
+from voicebot.resources import (
+    Resources,
+    close_resources,
+    load_resources,
+    make_redactor,
+    warm_llm,
+    warm_phrase_cache,
+)
 from voicebot.web.auth import ensure_first_key, require_api_key
 from voicebot.web.twilio import (
     STREAM_PATH,
@@ -61,6 +69,7 @@ class AppState:
     async def load(self) -> None:
         try:
             resources = await asyncio.to_thread(load_resources, self.settings)
+            await asyncio.to_thread(preload_turn_models)  # off the first call's turn
             await warm_llm(resources)
             self.resources = resources
         except Exception as exc:
@@ -221,7 +230,7 @@ def serve(settings: Settings) -> int:
 
     from voicebot.logs import configure_logging
 
-    configure_logging(settings.log_level, settings.pii_redact)
+    configure_logging(settings.log_level, make_redactor(settings))
     app = create_app(settings)
     log.info(
         "voicebot listening on http://%s:%d (Twilio webhook POST /twilio/voice, media stream "
