@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from voicebot.cli.kb_calibrate import _calibrate
-from voicebot.cli.kb_output import _export, _print_entries, _print_hits, _print_ingest
-from voicebot.cli.kb_remote import _through_server
+from voicebot.cli.kb_calibrate import calibrate_command
+from voicebot.cli.kb_output import export_entries, print_entries, print_hits, print_ingest
+from voicebot.cli.kb_remote import through_server
 from voicebot.config import Settings
 from voicebot.kb.models import KnowledgeBaseError, KnowledgeBaseLocked
 from voicebot.kb.store import KnowledgeBase, ensure_demo
@@ -46,7 +46,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             lexical_weight=thresholds.lexical_weight,
         )
     except KnowledgeBaseLocked as exc:
-        return _through_server(settings, args, exc)
+        return through_server(settings, args, exc)
     except KnowledgeBaseError as exc:
         print(f"error: {terminal_safe(str(exc))}", file=sys.stderr)
         return 1
@@ -57,9 +57,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.kb_command == "list":
             return _list(kb)
         if args.kb_command == "export":
-            return _export(kb.entries(), args.path)
+            return export_entries(kb.entries(), args.path)
         if args.kb_command == "calibrate":
-            return _calibrate(kb, settings, args)
+            return calibrate_command(kb, settings, args)
         return _search(kb, args.text, args.k, thresholds.answer)
     finally:
         kb.close()
@@ -67,7 +67,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _ingest(kb: KnowledgeBase, paths: list[str]) -> int:
     report = kb.ingest(paths)
-    return _print_ingest(report.added, [str(error) for error in report.errors], kb.count(), report.kept)
+    return print_ingest(report.added, [str(error) for error in report.errors], kb.count(), report.kept)
 
 
 def _load_demo_if_wanted(kb: KnowledgeBase, settings: Settings) -> None:
@@ -77,8 +77,8 @@ def _load_demo_if_wanted(kb: KnowledgeBase, settings: Settings) -> None:
 
 
 def _list(kb: KnowledgeBase) -> int:
-    return _print_entries(kb.entries())
+    return print_entries(kb.entries())
 
 
 def _search(kb: KnowledgeBase, text: str, k: int, threshold: float) -> int:
-    return _print_hits(kb.search(text, k=k), threshold)
+    return print_hits(kb.search(text, k=k), threshold)

@@ -56,7 +56,7 @@ class _Searchable(Protocol):
     def search(self, text: str, k: int = 3) -> list[Hit]: ...
 
 
-def _calibrate(kb: _Searchable, settings: Settings, args: argparse.Namespace) -> int:
+def calibrate_command(kb: _Searchable, settings: Settings, args: argparse.Namespace) -> int:
     try:
         rows = read_calibration_csv(args.path)
     except FileRejected as exc:

@@ -24,7 +24,7 @@ from voicebot.textsafe import csv_safe_cell, terminal_safe
 _ANSWER_WIDTH = 60
 
 
-def _print_ingest(
+def print_ingest(
     added: dict[str, int], errors: Sequence[str], total: int | None, kept: dict[str, int] | None = None
 ) -> int:
     for source, count in added.items():
@@ -42,7 +42,7 @@ def _print_ingest(
     return 1 if errors else 0
 
 
-def _print_entries(entries: list[Entry]) -> int:
+def print_entries(entries: list[Entry]) -> int:
     if not entries:
         print("the knowledge base is empty: add files with `voicebot kb ingest PATH...`")
         return 0
@@ -58,7 +58,7 @@ def _print_entries(entries: list[Entry]) -> int:
 _EXPORT_COLUMNS = ("question", "answer", "source", "line")
 
 
-def _export(entries: list[Entry], target: str) -> int:
+def export_entries(entries: list[Entry], target: str) -> int:
     """Write the entries as CSV to `target` ("-": stdout), every cell through `csv_safe_cell`."""
     keys = list(dict.fromkeys(key for entry in entries for key in entry.metadata))
     # A FAQ may have its own "source" or "line" column: it gets a name of its own, not ours.
@@ -101,7 +101,7 @@ def _write_csv(out: TextIO, rows: list[list[str]], shown: Callable[[str], str] |
         writer.writerow([shown(cell) for cell in cells] if shown else cells)
 
 
-def _print_hits(hits: list[Hit], threshold: float) -> int:
+def print_hits(hits: list[Hit], threshold: float) -> int:
     if not hits:
         print("no entries")
         return 0

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from voicebot.cli.api_client import ApiClient, ApiError, multipart, server_url
-from voicebot.cli.kb_calibrate import _calibrate
-from voicebot.cli.kb_output import _export, _print_entries, _print_hits, _print_ingest
+from voicebot.cli.kb_calibrate import calibrate_command
+from voicebot.cli.kb_output import export_entries, print_entries, print_hits, print_ingest
 from voicebot.cli.keys import cli_key, drop_cli_key
 from voicebot.config import Settings
 from voicebot.kb.models import MAX_SOURCE_BYTES, Entry, Hit, KnowledgeBaseLocked, RowError
@@ -28,7 +28,7 @@ _INGEST_TIMEOUT_S = 600.0  # embedding a large file on a busy CPU takes a while
 _Row = TypeVar("_Row", Entry, Hit)
 
 
-def _through_server(settings: Settings, args: argparse.Namespace, locked: KnowledgeBaseLocked) -> int:
+def through_server(settings: Settings, args: argparse.Namespace, locked: KnowledgeBaseLocked) -> int:
     """Run the command through the server that holds the knowledge base, or explain why not."""
     key = cli_key(settings)
     try:
@@ -52,11 +52,11 @@ def _through_server_with(
         if args.kb_command in ("list", "export"):
             body = client.get("/api/kb/entries")
             found = [_from_json(Entry, entry) for entry in body["entries"]]
-            return _print_entries(found) if args.kb_command == "list" else _export(found, args.path)
+            return print_entries(found) if args.kb_command == "list" else export_entries(found, args.path)
         if args.kb_command == "calibrate":
-            return _calibrate(_RemoteKnowledgeBase(client), settings, args)
+            return calibrate_command(_RemoteKnowledgeBase(client), settings, args)
         body = client.get("/api/kb/search", {"q": args.text, "k": args.k})
-        return _print_hits([_from_json(Hit, hit) for hit in body["hits"]], float(body["threshold"]))
+        return print_hits([_from_json(Hit, hit) for hit in body["hits"]], float(body["threshold"]))
     except ApiError as exc:
         print(terminal_safe(f"error: {exc}"), file=sys.stderr)
         return 1
@@ -154,7 +154,7 @@ def _remote_ingest(client: ApiClient, paths: list[str]) -> int:
                 continue
             else:
                 # The server is gone or failing: report what was stored, and stop.
-                _print_ingest(added, [*errors, _file_error(source, str(exc))], None, kept)
+                print_ingest(added, [*errors, _file_error(source, str(exc))], None, kept)
                 return 1
         added.update({str(key): int(value) for key, value in answer["added"].items()})
         # A server from before `kept` existed does not send it.
@@ -163,7 +163,7 @@ def _remote_ingest(client: ApiClient, paths: list[str]) -> int:
         total = int(answer["entries"])
     if total is None:  # nothing was sent
         total = int(client.get("/api/kb", timeout=_PROBE_TIMEOUT_S * 5)["entries"])
-    return _print_ingest(added, errors, total, kept)
+    return print_ingest(added, errors, total, kept)
 
 
 def _file_error(source: str, message: str) -> str:

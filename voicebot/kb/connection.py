@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
 
-def _is_local(uri: str) -> bool:
+def is_local(uri: str) -> bool:
     return uri.endswith(".db") and "://" not in uri
 
 
@@ -38,10 +38,10 @@ class _QuietLockFailure(logging.Filter):
 _QUIET_LOCK_FAILURE = _QuietLockFailure()
 
 
-def _connect(uri: str) -> MilvusClient:
+def connect(uri: str) -> MilvusClient:
     from pymilvus import MilvusClient
 
-    if _is_local(uri):
+    if is_local(uri):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         logging.getLogger("milvus_lite.server_manager").addFilter(_QUIET_LOCK_FAILURE)  # idempotent
     try:
@@ -51,7 +51,7 @@ def _connect(uri: str) -> MilvusClient:
 
 
 def _open_failure(uri: str, exc: Exception) -> KnowledgeBaseError:
-    if _is_local(uri) and _locked_elsewhere(Path(uri) / "LOCK"):
+    if is_local(uri) and _locked_elsewhere(Path(uri) / "LOCK"):
         return KnowledgeBaseLocked(
             f"cannot open the knowledge base at {uri}: another process holds it (milvus-lite allows one "
             "process per .db; stop the server, or point VOICEBOT_MILVUS_URI at a Milvus server)"

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 EmbedMode = Literal["question", "concat", "mean"]
 EMBED_MODES: tuple[EmbedMode, ...] = ("question", "concat", "mean")
 # Collections made before the embedder was recorded were all built by MiniLM in "mean" mode.
-_LEGACY_EMBEDDER = "minilm"
+LEGACY_EMBEDDER = "minilm"
 
 
 def embed_records(embedder: Embedder, records: list[Record], mode: EmbedMode) -> np.ndarray:

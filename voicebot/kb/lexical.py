@@ -112,8 +112,8 @@ def refuse(hits: Iterable[Hit], lexical_weight: float) -> list[Hit]:
 
 
 def _with_score(hit: Hit, score: float) -> Hit:
-    return Hit(**{**_hit_fields(hit), "score": score})
+    return Hit(**{**hit_fields(hit), "score": score})
 
 
-def _hit_fields(hit: Hit) -> dict[str, Any]:
+def hit_fields(hit: Hit) -> dict[str, Any]:
     return {name: getattr(hit, name) for name in hit.__dataclass_fields__}

@@ -77,7 +77,7 @@ def _length_problem(question: str, answer: str) -> str | None:
 # (the phrase cache's synthesis failed on every warm-up after one), and an ESC sequence reaches the
 # terminal of whoever lists the entries. Tab, newline and CR are ordinary in a quoted CSV cell.
 _CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_PATH_CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+PATH_CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _control_char(text: str) -> str | None:

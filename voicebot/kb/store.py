@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from voicebot.kb.connection import _connect, _is_local
-from voicebot.kb.embedding import _LEGACY_EMBEDDER, EmbedMode, embed_records
-from voicebot.kb.lexical import LexicalIndex, _hit_fields, refuse
+from voicebot.kb.connection import connect, is_local
+from voicebot.kb.embedding import LEGACY_EMBEDDER, EmbedMode, embed_records
+from voicebot.kb.lexical import LexicalIndex, hit_fields, refuse
 from voicebot.kb.models import (
     MAX_ANSWER_BYTES,
     MAX_QUESTION_BYTES,
@@ -49,7 +49,7 @@ from voicebot.kb.models import (
     Record,
     RowError,
 )
-from voicebot.kb.parsing import _PATH_CONTROL_CHAR, parse_file
+from voicebot.kb.parsing import PATH_CONTROL_CHAR, parse_file
 from voicebot.kb.thresholds import load_thresholds
 from voicebot.nlu.embeddings import embedder_name, query_vectors
 
@@ -105,7 +105,7 @@ class KnowledgeBase:
         self.lexical_weight = lexical_weight
         # One lock around the client: ingest's insert-then-delete must not interleave with a search.
         self.lock = threading.RLock()
-        self._client = _connect(uri)
+        self._client = connect(uri)
         self._ensure_collection()
         self._lexical = LexicalIndex([])
         self.refresh()
@@ -138,7 +138,7 @@ class KnowledgeBase:
             return
         properties = self._client.describe_collection(self.collection).get("properties") or {}
         built = {
-            _EMBEDDER_PROPERTY: properties.get(_EMBEDDER_PROPERTY, _LEGACY_EMBEDDER),
+            _EMBEDDER_PROPERTY: properties.get(_EMBEDDER_PROPERTY, LEGACY_EMBEDDER),
             _MODE_PROPERTY: properties.get(_MODE_PROPERTY, "mean"),
         }
         if built == ours and all(key in properties for key in ours):
@@ -205,7 +205,7 @@ class KnowledgeBase:
         """
         with self.lock:
             self._client.close()
-            if _is_local(self.uri):
+            if is_local(self.uri):
                 from milvus_lite.server_manager import server_manager_instance
 
                 server_manager_instance.release_server(self.uri)
@@ -238,7 +238,7 @@ class KnowledgeBase:
             return
         # Stricter than a cell, not even tab or newline: `_literal` writes C0 controls as JSON escapes
         # that a Milvus expression rejects, and a path is printed wherever its entries are listed.
-        found = _PATH_CONTROL_CHAR.search(source)
+        found = PATH_CONTROL_CHAR.search(source)
         if found:
             message = f"control character U+{ord(found.group()):04X} in the path: rename the file"
             report.errors.append(RowError(source, None, message))
@@ -394,7 +394,7 @@ class KnowledgeBase:
                 by_id[hit.id] = hit
         lexical_by_id = dict(zip(lexical.ids.tolist(), lexical_scores.tolist(), strict=True))
         hits = [
-            Hit(**{**_hit_fields(hit), "lexical_score": lexical_by_id.get(hit.id, 0.0)})
+            Hit(**{**hit_fields(hit), "lexical_score": lexical_by_id.get(hit.id, 0.0)})
             for hit in by_id.values()
         ]
         return refuse(hits, self.lexical_weight)[:k]
@@ -496,7 +496,7 @@ def open_kb(settings: Settings, embedder: Embedder | None = None) -> KnowledgeBa
     if embedder is None:
         from voicebot.nlu.embeddings import load_embedder
 
-        embedder = load_embedder(str(getattr(settings, "embedder", _LEGACY_EMBEDDER)))
+        embedder = load_embedder(str(getattr(settings, "embedder", LEGACY_EMBEDDER)))
     return KnowledgeBase(
         settings.resolved_milvus_uri,
         settings.kb_collection,

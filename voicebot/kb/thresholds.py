@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from voicebot.kb.embedding import _LEGACY_EMBEDDER
+from voicebot.kb.embedding import LEGACY_EMBEDDER
 
 if TYPE_CHECKING:
     from voicebot.config import Settings
@@ -63,7 +63,7 @@ def load_thresholds(settings: Settings) -> Thresholds:
     A file calibrated for another embedder is ignored (with a warning): its scores mean something else.
     """
     path = thresholds_path(settings)
-    embedder = str(getattr(settings, "embedder", _LEGACY_EMBEDDER))
+    embedder = str(getattr(settings, "embedder", LEGACY_EMBEDDER))
     calibrated = _read_thresholds(path, embedder)
     builtin = BUILTIN_THRESHOLDS.get(embedder, {})
     explicit = settings.model_fields_set
