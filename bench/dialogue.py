@@ -30,17 +30,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llm import LLMBackend, make_backend
 from voicebot.config import Settings
-from voicebot.nlu.embeddings import load_embedder
 from voicebot.dialogue.generation import GenerationOutcome, speak_generated
-from voicebot.nlu.intents import IntentClassifier
-from voicebot.kb import DEMO_FAQ, KnowledgeBase, load_thresholds
 from voicebot.dialogue.memory import Memory
 from voicebot.dialogue.policy import Brain, Decision, Thresholds
+from voicebot.kb import DEMO_FAQ, KnowledgeBase, load_thresholds
+from voicebot.nlu.embeddings import load_embedder
+from voicebot.nlu.intents import IntentClassifier
 
 CALIBRATION = Path(__file__).resolve().parents[1] / "voicebot" / "demo" / "calibration.csv"
 

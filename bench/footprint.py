@@ -16,7 +16,7 @@ Memory, on the last warm start, once the warm-up is over: VmRSS of the server pr
 not the server), so it is found through the data dir's registry `redis.db.settings` (its pid file)
 and reported separately and in the total. Measured idle, during 1 active call and during 4 concurrent
 calls (sampled every 100 ms while calls are live: peak and median), and idle again after the calls.
-Calls go through the test client `tests/twilio_client.py`: connect, wait for the greeting, ask one
+Calls go through the test client `testkit/twilio_caller.py`: connect, wait for the greeting, ask one
 question (espeak-ng, real time), wait for the reply to finish, hang up.
 
 Every server is stopped with SIGTERM, then SIGKILL after 10 s (and an embedded redis it left behind
@@ -46,12 +46,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
+from testkit.audio import Speech, speak
+from testkit.net import free_port, http_get_json
+from testkit.procs import stop_process
+from testkit.server import server_env  # the tests' launcher helpers
+from testkit.twilio_caller import TwilioCall
 
-from audio import Speech, speak  # noqa: E402
-from conftest import free_port, http_get_json, server_env, stop_process  # noqa: E402  (the tests' launcher helpers)
-from twilio_client import TwilioCall  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 QUESTION = "How long does delivery take?"

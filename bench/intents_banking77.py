@@ -25,8 +25,6 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from voicebot.nlu.intents import IntentClassifier, confused_pairs, fit_model, query_vectors, time_single
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"

@@ -35,10 +35,7 @@ from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-from audio import (  # noqa: E402
+from testkit.audio import (
     SAMPLE_RATE,
     ULAW_SILENCE,
     Speech,
@@ -48,8 +45,9 @@ from audio import (  # noqa: E402
     transcribe,
     ulaw_decode,
 )
-from twilio_client import TwilioCall  # noqa: E402
+from testkit.twilio_caller import TwilioCall
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 FAQ_CSV = REPO_ROOT / "voicebot" / "demo" / "faq.csv"
 STAGES = (
     "vad_stop",
@@ -351,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp: Path | None = None
     url, data_dir = args.url, args.data_dir
     if args.start_server:
-        from conftest import start_server  # tests/conftest.py: the same launcher the tests use
+        from testkit.server import start_server  # the same launcher the tests use
 
         tmp = Path(tempfile.mkdtemp(prefix="voicebot-bench-"))
         print(f"starting the server (data in {tmp / 'data'}) ...", file=sys.stderr, flush=True)

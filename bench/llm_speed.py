@@ -27,8 +27,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from llm import STOP, LLMBackend, build_prompt, bundled_gemma, check, make_backend
 
 FAQ = Path(__file__).resolve().parents[1] / "voicebot" / "demo" / "faq.csv"

@@ -36,13 +36,11 @@ from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-sys.path.insert(0, str(REPO_ROOT / "bench"))
+# bench/latency.py, found next to this script (Python puts a script's own directory on its path).
+from latency import QUESTIONS, caller_speech, load_faq, wait_for_log
 
-from audio import match_answer, transcribe  # noqa: E402
-from latency import QUESTIONS, caller_speech, load_faq, wait_for_log  # noqa: E402
-from sip_peers import BaresipPeer  # noqa: E402
+from testkit.audio import match_answer, transcribe
+from testkit.sip_peers import BaresipPeer
 
 RATE = 8000
 FRAME = RATE // 100  # 10 ms analysis frames
@@ -221,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[int, list[SipCall]] = {}
     try:
         if args.start_server:
-            from conftest import start_server
+            from testkit.server import start_server
 
             print(f"starting the server (data in {tmp / 'data'}) ...", file=sys.stderr, flush=True)
             server = start_server(tmp / "data", tmp / "server.log")

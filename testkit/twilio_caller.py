@@ -1,6 +1,7 @@
 """A small Twilio Media Streams client: plays the part of Twilio (and the caller behind it).
 
-Used by the end-to-end tests and by `bench/latency.py`. It behaves like a real phone leg:
+Used by the end-to-end tests and by the benchmarks (`bench/latency.py`, `bench/footprint.py`). It
+behaves like a real phone leg:
 
 * It sends `connected` and `start`, then one 160-byte μ-law `media` frame every 20 ms for as long as
   the call lasts, paced on an absolute clock (frame *n* is due at t0 + n x 20 ms, so there is no
@@ -23,99 +24,41 @@ import base64
 import bisect
 import contextlib
 import json
-import sys
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-# tests/ is not a package: pytest puts it on sys.path (rootdir "prepend" import mode); scripts such as
-# bench/latency.py get it here.
-_TESTS_DIR = str(Path(__file__).resolve().parent)
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
+from testkit.audio import FRAME_SAMPLES, SAMPLE_RATE, Speech, frame_rms, ulaw_decode, ulaw_frames
+from testkit.twilio_replies import (
+    FRAME_S,
+    AudioLike,
+    CallEvent,
+    Reply,
+    ReplyTimeout,
+    RxChunk,
+    RxFrame,
+    concat_pcm,
+    to_ulaw,
+)
 
-from audio import FRAME_SAMPLES, SAMPLE_RATE, Speech, frame_rms, ulaw_decode, ulaw_encode  # noqa: E402
+__all__ = [
+    "AudioLike",
+    "CallEvent",
+    "Reply",
+    "ReplyTimeout",
+    "RxChunk",
+    "RxFrame",
+    "TwilioCall",
+    "concat_pcm",
+    "to_ulaw",
+]
 
-FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 SILENCE_FRAME = b"\xff" * FRAME_SAMPLES
 # A frame is "sound" above this RMS (int16 scale, about -44 dBFS). μ-law idle noise is far below.
 DEFAULT_SOUND_RMS = 200.0
-
-AudioLike = Speech | bytes | bytearray | NDArray[np.int16]
-
-
-class ReplyTimeout(TimeoutError):
-    """The server did not start (or finish) speaking in time."""
-
-
-@dataclass(frozen=True, slots=True)
-class RxChunk:
-    """One `media` message from the server."""
-
-    at: float  # arrival time
-    play_at: float  # when it starts playing at the caller, on the playback clock
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RxFrame:
-    """20 ms of received audio (a `media` payload cut into 160-byte frames)."""
-
-    at: float  # arrival time of the message that carried it
-    play_at: float
-    ulaw: bytes
-    rms: float
-
-
-@dataclass(slots=True)
-class Reply:
-    """What the bot said: from its first sound after some instant until it went quiet."""
-
-    first_at: float  # arrival of the first sound frame
-    last_at: float  # arrival of the last sound frame
-    frames: list[RxFrame]
-    complete: bool  # False when the deadline came before the bot went quiet
-    cleared: bool = False  # a `clear` arrived while it was being received
-
-    @property
-    def ulaw(self) -> bytes:
-        return b"".join(f.ulaw for f in self.frames)
-
-    @property
-    def pcm(self) -> NDArray[np.int16]:
-        return ulaw_decode(self.ulaw)
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.frames) * FRAME_S
-
-    @property
-    def play_end(self) -> float:
-        return self.frames[-1].play_at + FRAME_S if self.frames else self.last_at
-
-
-@dataclass(slots=True)
-class CallEvent:
-    at: float
-    kind: str  # "mark", "clear", "mark_echoed", "sent_dtmf", "closed", "bad_message", ...
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-def to_ulaw(audio: AudioLike) -> bytes:
-    """Speech -> its μ-law; bytes are taken as μ-law already; an int16 array is encoded."""
-    if isinstance(audio, Speech):
-        return audio.ulaw
-    if isinstance(audio, bytes | bytearray):
-        return bytes(audio)
-    return ulaw_encode(np.asarray(audio, dtype=np.int16))
 
 
 class TwilioCall:
@@ -319,7 +262,7 @@ class TwilioCall:
         a frame once its 20 ms have been captured). With `realtime=False` the frames go out in one
         burst instead of one per 20 ms.
         """
-        frames = _frames(to_ulaw(audio))
+        frames = ulaw_frames(to_ulaw(audio))
         if not frames:
             raise ValueError("nothing to play")
         if not realtime:
@@ -340,7 +283,7 @@ class TwilioCall:
         """Queue speech and return at once; the future resolves as `play()` would return."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[float] = loop.create_future()
-        frames = _frames(to_ulaw(audio))
+        frames = ulaw_frames(to_ulaw(audio))
         self._queue.extend(frames)
         self._queued_total += len(frames)
         self._play_waiters.append((self._queued_total, fut))
@@ -599,15 +542,3 @@ class TwilioCall:
             if now >= deadline:
                 raise ReplyTimeout(f"the bot was still speaking after {timeout:.1f} s")
             await asyncio.sleep(0.02)
-
-
-def _frames(ulaw: bytes) -> list[bytes]:
-    frames = [ulaw[i : i + FRAME_SAMPLES] for i in range(0, len(ulaw), FRAME_SAMPLES)]
-    if frames and len(frames[-1]) < FRAME_SAMPLES:
-        frames[-1] = frames[-1] + SILENCE_FRAME[: FRAME_SAMPLES - len(frames[-1])]
-    return frames
-
-
-def concat_pcm(replies: Iterable[Reply]) -> NDArray[np.int16]:
-    parts = [r.pcm for r in replies]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
-from audio import SAMPLE_RATE, speak
 
 from asr.engine import WhisperEngine, cut_repetition
 from asr.models import ModelNotFoundError, resolve_model
+from testkit.audio import SAMPLE_RATE, speak
 
 QUESTIONS = [
     "How long does delivery take?",

@@ -1,8 +1,9 @@
 """End-to-end: the bot calls out over SIP (dialer CLI and HTTP API), against real peers on loopback.
 
-The far ends are sipp callees (`tests/sipp/uas_*.xml`: answer and echo, busy, ring forever, decline,
-out of service, digest challenges) and an auto-answering baresip that records what it hears; the
-call's progress is read back from the API, the CLI's output, the records and the peers' SIP traces.
+The far ends are sipp callees (`testkit/sip_peers/scenarios/uas_*.xml`: answer and echo, busy, ring
+forever, decline, out of service, digest challenges) and an auto-answering baresip that records what
+it hears; the call's progress is read back from the API, the CLI's output, the records and the
+peers' SIP traces.
 Two extra servers cover what needs other settings: a trunk behind a digest-authenticating proxy,
 and protection (an allowlist that admits only 127.0.0.2, one call at most).
 """
@@ -16,29 +17,20 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from audio import transcribe, write_wav
-from conftest import ServerProcess, free_udp_port, run_cli_in, serve_for_tests
-from sip_peers import (
-    HOST,
-    BaresipPeer,
-    SippResult,
-    SippUas,
-    _kv,
-    _scenario_args,
-    _SippProcess,
-    free_udp_port_range,
-    have_binaries,
-    sipp_uac,
-    wait_udp_bound,
-)
 
+from testkit.audio import transcribe, write_wav
+from testkit.cli import run_cli_in
+from testkit.net import HOST, free_udp_port, free_udp_port_range, wait_udp_bound
+from testkit.server import ServerProcess, serve_for_tests
+from testkit.sip_peers import BaresipPeer, SippResult, SippUas, have_binaries, sipp_uac
+from testkit.sip_peers.sipp import _kv, _scenario_args, _SippProcess
+from testkit.sip_requests import new_branch, new_call_id, new_tag, sdp_offer, sip_request
 from voicebot.storage.numbers import mask
 from voicebot.storage.records import CallDetail, Records
 
@@ -192,30 +184,18 @@ def _sip_socket(host: str) -> socket.socket:
 
 
 def _request(method: str, sock: socket.socket, dest: tuple[str, int], call_id: str, tag: str, cseq: int = 1,
-             branch: str | None = None, to_tag: str = "", body: str = "") -> str:  # fmt: skip
+             branch: str | None = None, to_tag: str = "", body: str = "") -> bytes:  # fmt: skip
     host, port = sock.getsockname()[:2]
-    branch = branch or f"z9hG4bK{uuid.uuid4().hex[:16]}"
-    lines = [
-        f"{method} sip:bot@{dest[0]}:{dest[1]} SIP/2.0",
-        f"Via: SIP/2.0/UDP {host}:{port};branch={branch}",
-        "Max-Forwards: 70",
-        f"From: <sip:tester@{host}:{port}>;tag={tag}",
-        f"To: <sip:bot@{dest[0]}:{dest[1]}>" + (f";tag={to_tag}" if to_tag else ""),
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} {method}",
-        f"Contact: <sip:tester@{host}:{port}>",
-    ]
-    if body:
-        lines.append("Content-Type: application/sdp")
-    lines.append(f"Content-Length: {len(body.encode())}")
-    return "\r\n".join(lines) + "\r\n\r\n" + body
+    bot = f"sip:bot@{dest[0]}:{dest[1]}"
+    return sip_request(
+        method, bot, sent_by=f"{host}:{port}", branch=branch, rport=False,
+        from_uri=f"sip:tester@{host}:{port}", from_tag=tag, to_tag=to_tag, call_id=call_id, cseq=cseq,
+        contact=f"sip:tester@{host}:{port}", body=body,
+    )  # fmt: skip
 
 
-def _sdp(host: str, port: int) -> str:
-    return (
-        f"v=0\r\no=tester 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
-        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
-    )
+def _pcmu_offer(host: str) -> str:
+    return sdp_offer(host, 4000, formats="0", rtpmaps=("0 PCMU/8000",))
 
 
 def raw_invite(source: str, dest: tuple[str, int], wait_s: float) -> list[int]:
@@ -223,12 +203,11 @@ def raw_invite(source: str, dest: tuple[str, int], wait_s: float) -> list[int]:
 
     Ends by CANCELling (or BYEing) whatever it started, so no call outlives the helper."""
     codes: list[int] = []
-    call_id, tag = f"{uuid.uuid4().hex}@{source}", uuid.uuid4().hex[:8]
-    branch = f"z9hG4bK{uuid.uuid4().hex[:16]}"
+    call_id, tag, branch = new_call_id(source), new_tag(), new_branch()
     with _sip_socket(source) as sock:
         sock.settimeout(0.2)
-        invite = _request("INVITE", sock, dest, call_id, tag, branch=branch, body=_sdp(source, 4000))
-        sock.sendto(invite.encode(), dest)
+        invite = _request("INVITE", sock, dest, call_id, tag, branch=branch, body=_pcmu_offer(source))
+        sock.sendto(invite, dest)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             try:
@@ -245,23 +224,23 @@ def raw_invite(source: str, dest: tuple[str, int], wait_s: float) -> list[int]:
                 to_tag = (re.search(r"^To:.*;tag=([^;\s]+)", text, flags=re.M | re.I) or [None, ""])[1]
                 if code < 300:  # not expected here, but never leave a call up
                     ack = _request("ACK", sock, dest, call_id, tag, to_tag=to_tag)
-                    sock.sendto(ack.encode(), dest)
+                    sock.sendto(ack, dest)
                     bye = _request("BYE", sock, dest, call_id, tag, cseq=2, to_tag=to_tag)
-                    sock.sendto(bye.encode(), dest)
+                    sock.sendto(bye, dest)
                 else:
                     ack = _request("ACK", sock, dest, call_id, tag, branch=branch, to_tag=to_tag)
-                    sock.sendto(ack.encode(), dest)
+                    sock.sendto(ack, dest)
                 break
         else:
             if codes:  # provisional only: give up on it
-                sock.sendto(_request("CANCEL", sock, dest, call_id, tag, branch=branch).encode(), dest)
+                sock.sendto(_request("CANCEL", sock, dest, call_id, tag, branch=branch), dest)
     return codes
 
 
 def raw_options(source: str, dest: tuple[str, int], wait_s: float) -> list[int]:
     with _sip_socket(source) as sock:
         sock.settimeout(wait_s)
-        sock.sendto(_request("OPTIONS", sock, dest, uuid.uuid4().hex, "t1").encode(), dest)
+        sock.sendto(_request("OPTIONS", sock, dest, new_call_id(), "t1"), dest)
         try:
             data, _addr = sock.recvfrom(65535)
         except TimeoutError:

@@ -1,7 +1,7 @@
 """End-to-end: real calls over the Twilio Media Streams WebSocket against the real server.
 
 Every call is driven by a real peer on loopback: the third-party `streamdouble` simulator (its CLI, in
-a subprocess), or our own client (`tests/twilio_client.py`). Caller questions are synthesized by
+a subprocess), or our own client (`testkit.twilio_caller`). Caller questions are synthesized by
 espeak-ng and sent as 8 kHz μ-law in real time; the bot's replies are transcribed with
 faster-whisper (tiny.en) and must contain the key words of the right answer. Expected answers are
 read from the demo knowledge base (`voicebot/demo/faq.csv`), so the tests follow the data.
@@ -26,10 +26,11 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pytest
-from audio import SAMPLE_RATE, match_answer, read_wav, speak, transcribe, ulaw_encode, write_wav
-from conftest import REPO_ROOT, CliRunner, ServerProcess
-from twilio_client import Reply, ReplyTimeout, TwilioCall
 
+from testkit.audio import SAMPLE_RATE, match_answer, read_wav, speak, transcribe, ulaw_encode, write_wav
+from testkit.cli import CliRunner
+from testkit.server import REPO_ROOT, ServerProcess
+from testkit.twilio_caller import Reply, ReplyTimeout, TwilioCall
 from voicebot.storage.records import CallDetail, Records
 
 pytestmark = pytest.mark.e2e

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import run_cli_in
 
+from testkit.cli import run_cli_in
 from voicebot.nlu.intents import (
     BUILTIN_INTENTS,
     IntentClassifier,

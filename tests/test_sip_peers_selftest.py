@@ -1,4 +1,4 @@
-"""Self-tests of the SIP test peers (tests/sip_peers.py) against each other, before the bot exists.
+"""Self-tests of the SIP test peers (testkit.sip_peers) against each other, before the bot exists.
 
 Every peer talks to another peer on 127.0.0.1; each test is bounded. Skipped when sipp, baresip or
 linphonec is missing (the Makefile's `system` target installs them).
@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-import sip_peers as sp
+
+from testkit import sip_peers as sp
 
 pytestmark = pytest.mark.skipif(
     not sp.have_binaries("sipp", "baresip", "linphonec", "espeak-ng", "sox"),

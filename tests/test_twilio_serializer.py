@@ -39,13 +39,13 @@ from starlette.testclient import TestClient
 
 from telephony.g711 import ulaw_decode, ulaw_encode
 from telephony.twilio.messages import ProtocolError, Start, mark_message
+from telephony.twilio.stream import StreamSession, StreamState
 from voicebot.calls.twilio_serializer import (
     FRAME_BYTES,
     StreamResampler,
     TwilioMediaStreamSerializer,
     read_start,
 )
-from telephony.twilio.stream import StreamSession, StreamState
 
 protocol = pytest.importorskip("streamdouble.protocol")
 

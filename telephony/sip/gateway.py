@@ -41,7 +41,16 @@ from telephony.sip.dialpolicy import AllowList, OwnSip, destination_refusal, tar
 from telephony.sip.guard import Guard, parse_networks
 from telephony.sip.media import RtpSession
 from telephony.sip.message import SipParseError, SipUri, parse_uri
-from telephony.sip.sdp import SdpError, accept_answer, build_answer, build_offer, negotiate, parse_sdp
+from telephony.sip.sdp import (
+    Negotiated,
+    SdpError,
+    SessionDescription,
+    accept_answer,
+    build_answer,
+    build_offer,
+    negotiate,
+    parse_sdp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +405,14 @@ class SipGateway(asyncio.DatagramProtocol):
             agent.reject(call, 486, self._now(), headers=(("Retry-After", "30"),))
             self._pump()
             return
+        try:
+            parsed = parse_sdp(offer)
+            negotiated = negotiate(parsed, self.config.codecs)
+        except SdpError as err:  # before admission: a call we cannot carry takes no slot, no record
+            log.warning("SIP: refusing call %s: %s", call.call_id, err)
+            agent.reject(call, 488, self._now(), headers=(("Warning", f'305 - "{_warn_text(err)}"'),))
+            self._pump()
+            return
         # The admission may take a call slot (atomically, for every worker): it is given back below
         # unless the call reaches the app, which releases it when the call ends.
         verdict = await self._admit(call)
@@ -408,7 +425,7 @@ class SipGateway(asyncio.DatagramProtocol):
             return
         handle: SipCallHandle | None = None
         try:
-            handle = await self._set_up(call, offer, verdict.tag)
+            handle = await self._set_up(call, parsed, negotiated, verdict.tag)
         finally:
             if handle is None:  # refused, cancelled or failed before the app had it
                 why = "caller hung up before the answer" if call.ended else "call could not be answered"
@@ -416,16 +433,11 @@ class SipGateway(asyncio.DatagramProtocol):
         if handle is not None:
             await self._run(handle)
 
-    async def _set_up(self, call: SipCall, offer: bytes, tag: str) -> SipCallHandle | None:
-        """Negotiate, ring, open RTP and answer; the handle, or None when the call did not start."""
+    async def _set_up(
+        self, call: SipCall, offer: SessionDescription, negotiated: Negotiated, tag: str
+    ) -> SipCallHandle | None:
+        """Ring, open RTP and answer; the handle, or None when the call did not start."""
         agent = self.agent
-        try:
-            negotiated = negotiate(parse_sdp(offer), self.config.codecs)
-        except SdpError as err:
-            log.warning("SIP: refusing call %s: %s", call.call_id, err)
-            agent.reject(call, 488, self._now(), headers=(("Warning", f'305 - "{_warn_text(err)}"'),))
-            self._pump()
-            return None
         agent.ringing(call, self._now())
         self._pump()
         try:
@@ -439,9 +451,7 @@ class SipGateway(asyncio.DatagramProtocol):
             media.close()
             return None
         media.configure(negotiated)
-        answer = build_answer(
-            parse_sdp(offer), negotiated, agent.config.host, media.local_port, _session_id(), 1
-        )
+        answer = build_answer(offer, negotiated, agent.config.host, media.local_port, _session_id(), 1)
         handle = SipCallHandle(self, call, media, status="answered", tag=tag)
         self._handles[call.key] = handle
         agent.accept(call, answer, self._now())

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-import sip_peers as sp
-from conftest import ServerProcess
-from twilio_client import TwilioCall
+
+from testkit import sip_peers as sp
+from testkit.server import ServerProcess
+from testkit.twilio_caller import TwilioCall
 
 pytestmark = pytest.mark.e2e
 

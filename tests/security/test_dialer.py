@@ -19,11 +19,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ServerProcess, run_cli_in
 
 from telephony.sip.dialpolicy import AllowList
 from telephony.sip.gateway import SipCallHandle, SipConfig, SipGateway
 from telephony.sip.message import SipRequest, make_response, parse_message, serialize
+from testkit.cli import run_cli_in
+from testkit.server import ServerProcess
 
 RING_TIMEOUT_S = 2.0
 #: The call must be over this soon after it was placed (the finding: 32 s).

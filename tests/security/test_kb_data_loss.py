@@ -23,8 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ServerProcess, run_cli_in
 
+from testkit.cli import run_cli_in
+from testkit.server import ServerProcess
 from voicebot.kb.embedding import embed_records
 from voicebot.kb.models import Record
 from voicebot.kb.store import KnowledgeBase

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServerProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twilio_client import TwilioCall
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+
+from testkit.server import ServerProcess
+from testkit.twilio_caller import TwilioCall
 
 pytestmark = pytest.mark.e2e
 
