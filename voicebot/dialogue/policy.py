@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from voicebot.nlu.intents import IntentClassifier, IntentResult
 from voicebot.dialogue.memory import Memory
+from voicebot.nlu.intents import IntentClassifier, IntentResult
 from voicebot.nlu.sentiment import Sentiment, analyze
 from voicebot.nlu.slots import extract_slots
 
