@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,6 +148,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 # Under pytest-xdist the workers start the servers: each hands its findings to the controller.
 _WORKER_FINDINGS_KEY = "voicebot_unexpected_tracebacks"
 _from_workers: dict[Path, int] = {}
+
+
+_SHARED_TTS_CACHE = "VOICEBOT_TTS_CACHE_DIR"
+_owned_cache = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One phrase-audio cache for every server and CLI the suite starts (xdist workers inherit it
+    from the controller): each server warms its answers once per suite, not once per data dir,
+    which was most of the suite's CPU. Tests of the warm-up itself set their own."""
+    if _SHARED_TTS_CACHE not in os.environ:
+        os.environ[_SHARED_TTS_CACHE] = tempfile.mkdtemp(prefix="voicebot-tests-tts-cache-")
+        config.stash[_owned_cache] = Path(os.environ[_SHARED_TTS_CACHE])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    owned = config.stash.get(_owned_cache, None)
+    if owned is not None:
+        shutil.rmtree(owned, ignore_errors=True)
+        os.environ.pop(_SHARED_TTS_CACHE, None)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -41,7 +41,7 @@ from testkit.server import ServerProcess, serve_for_tests, start_server
 from testkit.twilio_caller import TwilioCall
 from voicebot.config import Settings
 from voicebot.dialogue.policy import EMPATHY_STRONG, HANDOFF
-from voicebot.nlu.intents import builtin_intent
+from voicebot.nlu.builtin_intents import builtin_intent
 from voicebot.nlu.sentiment import analyze
 from voicebot.nlu.slots import extract_slots
 from voicebot.storage.records import CallDetail, Records

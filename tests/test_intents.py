@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 
 from testkit.cli import run_cli_in
-from voicebot.nlu.intents import (
-    BUILTIN_INTENTS,
-    IntentClassifier,
-    IntentDataError,
-    asks_for_human,
-    builtin_intent,
-    evaluate,
-    read_examples,
-    train,
-)
+from voicebot.nlu.builtin_intents import BUILTIN_INTENTS, asks_for_human, builtin_intent
+from voicebot.nlu.intents import IntentClassifier, IntentDataError, evaluate, read_examples, train
 
 BUILTIN_CASES = {
     "human": [

@@ -7,7 +7,9 @@ stored at the call's output rate, so speaking them costs no synthesis and no res
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 
@@ -48,7 +50,8 @@ class AudioCache:
 
     def put(self, text: str, audio: bytes) -> None:
         path = self._path(text)
-        partial = path.with_suffix(".partial")
+        # Unique per writer: processes sharing the cache dir may write the same phrase at once.
+        partial = path.with_suffix(f".{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
         partial.write_bytes(audio)
         partial.replace(path)
         self._remember(normalize(text), audio)

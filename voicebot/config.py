@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         Path("./data"),
         description="Where the database, vectors, Redis data, phrase audio cache and recordings live.",
     )
+    tts_cache_dir: Path | None = Field(
+        None,
+        description="Where synthesized answer audio is cached (default DATA_DIR/tts-cache). Servers "
+        "and workers with the same voice may share one.",
+    )
     log_level: str = Field("INFO", description="Python log level.")
     api_key: str = Field(
         "",
@@ -294,6 +299,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'voicebot.db').resolve()}"
+
+    @property
+    def resolved_tts_cache_dir(self) -> Path:
+        return self.tts_cache_dir or self.data_dir / "tts-cache"
 
     @property
     def resolved_milvus_uri(self) -> str:

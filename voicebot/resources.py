@@ -195,7 +195,7 @@ def load_resources(settings: Settings) -> Resources:
     synth = PiperSynth(settings.piper_voice)
     cache = None
     if settings.tts == "piper":
-        cache = AudioCache(settings.data_dir / "tts-cache", synth.voice_id, OUTPUT_SAMPLE_RATE)
+        cache = AudioCache(settings.resolved_tts_cache_dir, synth.voice_id, OUTPUT_SAMPLE_RATE)
     log.info(
         "resources loaded in %.1f s (knowledge base: %d entries)", time.perf_counter() - started, kb.count()
     )

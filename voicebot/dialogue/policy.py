@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voicebot.dialogue.memory import Memory
-from voicebot.nlu.intents import IntentClassifier, IntentResult
+from voicebot.nlu.builtin_intents import IntentResult
+from voicebot.nlu.intents import IntentClassifier
 from voicebot.nlu.sentiment import Sentiment, analyze
 from voicebot.nlu.slots import extract_slots
 

@@ -81,8 +81,7 @@ class AppState:
         log.info("ready to take calls after %.1f s", time.monotonic() - self.started)
         try:
             added = await asyncio.to_thread(warm_phrase_cache, self.resources)
-            if added:
-                log.info("phrase cache: synthesized %d answers", added)
+            log.info("phrase cache: synthesized %d answers (the rest were cached)", added)
         except Exception:
             log.exception("phrase cache warm-up failed; answers will be synthesized live")
 
