@@ -1,6 +1,8 @@
 # `make run` starts the server with embedded defaults; `make test` runs the whole test suite.
 # Both create .venv on first use and install what they need, system packages included.
 PY ?= python3.11
+# Most end-to-end tests wait on real-time audio, not the CPU: three workers share two cores well.
+TEST_WORKERS ?= 3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -15,10 +17,11 @@ run: $(STAMP)
 test: $(STAMP) $(SYS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP) $(SYS_STAMP)

@@ -170,6 +170,33 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.environ.pop(_SHARED_TTS_CACHE, None)
 
 
+# Files whose tests wait longest (real-time calls, CLI runs that load models, fuzzing), in the order
+# they should start: under pytest-xdist the run ends when the last long test does, so they go first.
+_LONG_FIRST = (
+    "tests/test_e2e_dialogue.py",
+    "tests/test_kb.py",
+    "tests/security/test_twilio_and_api.py",
+    "tests/security/test_kb_data_loss.py",
+    "tests/test_kb_calibrate.py",
+    "tests/test_intents.py",
+    "tests/test_e2e_twilio.py",
+    "tests/test_sip_fuzz_agent.py",
+    "tests/security/test_twilio_fuzz.py",
+    "tests/security/test_admission.py",
+    "tests/test_e2e_sip_outbound.py",
+    "tests/test_e2e_sip.py",
+    "tests/test_kb_api.py",
+    "tests/app/test_call_runner.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long files first, each file's tests kept together and in their order (stable sort)."""
+    rank = {path: i for i, path in enumerate(_LONG_FIRST)}
+    root = config.rootpath
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """(pytest-xdist, on the controller) collect what a finished worker found in its servers' logs."""

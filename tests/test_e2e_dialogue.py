@@ -330,9 +330,10 @@ async def test_llm_killed_mid_call_falls_back_within_the_deadline(
             "VOICEBOT_KB_THRESHOLD": "0.99",
             "VOICEBOT_KB_RELATED_THRESHOLD": "0.2",
             "VOICEBOT_HANDOFF_AFTER_FAILURES": "9",
-            # The llama_cpp.server on a busy 2-core machine takes over a second to its first token;
-            # the test is about falling back within whatever the deadline is.
-            "VOICEBOT_LLM_DEADLINE_SECS": "4",
+            # The llama_cpp.server on a busy 2-core machine (the suite runs in parallel) can take
+            # seconds to its first token; the test is about falling back once it is gone, which
+            # is immediate (connection refused) whatever the deadline is.
+            "VOICEBOT_LLM_DEADLINE_SECS": "15",
         }
         server = start_server(base / "data", base / "server.log", extra_env=env)
         try:
