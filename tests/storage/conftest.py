@@ -23,7 +23,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,11 +31,6 @@ from pathlib import Path
 import pytest
 
 from voicebot.storage.records import Records
-
-# The helper modules next to this file (legacy_runner, schema_snapshot), however pytest imports tests.
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
 
 PG_USER = "postgres"
 INITDB_TIMEOUT_S = 120

@@ -12,16 +12,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import legacy_runner
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from cryptography.fernet import Fernet
-from schema_snapshot import schema_snapshot
 from sqlalchemy import Boolean, Column, Engine, Integer, MetaData, String, Table, Text, inspect, select, text
 from sqlalchemy.engine import make_url
 
+from testkit.storage import legacy_runner
+from testkit.storage.schema_snapshot import schema_snapshot
 from voicebot.storage.engine import create_records_engine
 from voicebot.storage.migrate import (
     LEGACY_REVISIONS,

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from schema_snapshot import schema_snapshot
 from sqlalchemy import inspect, select
 
+from testkit.storage.schema_snapshot import schema_snapshot
 from voicebot.storage.engine import create_records_engine
 from voicebot.storage.keys import ApiKeys
 from voicebot.storage.migrate import current_revision, head_revision, legacy_version, upgrade

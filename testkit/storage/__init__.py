@@ -1,0 +1,1 @@
+"""Helpers for the storage tests: the pre-Alembic migration runner, frozen, and schema snapshots."""
