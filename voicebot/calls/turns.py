@@ -318,6 +318,10 @@ class TranscriptAwareTurnStopStrategy(BaseUserTurnStopStrategy):
         self._stt_wait = self._silence = None
 
     async def _on_audio(self, frame: InputAudioRawFrame) -> None:
+        # A silence limit that ran out with no words yet stops counting once the call's audio
+        # flows on: words that then arrive dangling ("How much does it cost to") wait for the
+        # caller to go on, who was pausing mid-question, rather than being answered at once.
+        self._limit_reached = False
         # Streaming analyzers decide here frame by frame; Smart Turn reports COMPLETE from here
         # only when its own silence limit ran out.
         if self._turn_analyzer.append_audio(frame.audio, self._vad_user_speaking) == EndOfTurnState.COMPLETE:
